@@ -1,0 +1,30 @@
+"""daskem: k-means and Gaussian mixtures fitted by EM on Dask clusters.
+
+>>> from daskem import KMeans, GaussianMixture
+"""
+
+from daskem.errors import (
+    ClusterPolicyWarning,
+    ConvergenceWarning,
+    DaskemError,
+    DataError,
+    FitError,
+    NotFittedError,
+    ParameterError,
+)
+from daskem.estimators import GaussianMixture, KMeans
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ClusterPolicyWarning",
+    "ConvergenceWarning",
+    "DaskemError",
+    "DataError",
+    "FitError",
+    "GaussianMixture",
+    "KMeans",
+    "NotFittedError",
+    "ParameterError",
+    "__version__",
+]

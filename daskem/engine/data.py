@@ -1,0 +1,183 @@
+"""The data at the boundary: checked once, turned into row-chunks the passes map over.
+
+Policy on input types (the estimators' docs repeat it):
+
+* ``float32`` and ``float64`` are used as they are (float32 stays float32 in the per-chunk
+  math); ``float16`` is widened to float32; integer and boolean data are converted to
+  float64, as scikit-learn does.
+* strings, objects, complex numbers, dates and anything else are refused.
+* the data must be 2-D (n_samples, n_features); a 1-D array is refused with a hint.
+* non-finite values (NaN, ±inf) are refused, naming the first row that has one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import dask
+import dask.array as da
+import numpy as np
+
+from daskem.engine.reduce import DEFAULT_SPLIT_EVERY, map_reduce
+from daskem.errors import DataError
+from daskem.kernels.random import spawn_seeds
+from daskem.kernels.summary import SampleRequest, Summary, summarise_chunk
+
+# Target size of a chunk made from an in-memory array.
+DEFAULT_CHUNK_BYTES = 32 * 2**20
+
+
+@dataclass
+class ChunkedData:
+    """A 2-D dask array cut into row-chunks, with optional sample weights aligned to it."""
+
+    array: da.Array
+    weights: da.Array | None
+    from_memory: bool
+
+    def __post_init__(self) -> None:
+        blocks = self.array.to_delayed(optimize_graph=True)
+        self.chunks = list(blocks[:, 0])
+        self.weight_chunks = (None if self.weights is None
+                              else list(self.weights.to_delayed(optimize_graph=True)))
+        self.offsets = np.concatenate([[0], np.cumsum(self.array.chunks[0])[:-1]]).astype(int)
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.array.shape[0])
+
+    @property
+    def n_features(self) -> int:
+        return int(self.array.shape[1])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.array.dtype
+
+    @property
+    def n_chunks(self) -> int:
+        return len(self.chunks)
+
+    def map_reduce(self, kernel, payload, *, phase: str, label: str = "",
+                   split_every: int = DEFAULT_SPLIT_EVERY):
+        """One pass: ``kernel`` on every chunk, results added up (one ``compute``)."""
+        return map_reduce(self.chunks, self.weight_chunks, self.offsets, kernel, payload,
+                          phase=phase, label=label, split_every=split_every)
+
+    def chunk_of_row(self, row: int) -> int:
+        return int(np.searchsorted(self.offsets, row, side="right") - 1)
+
+
+def _as_dask(X, what: str) -> tuple[da.Array, bool]:
+    if X is None:
+        raise DataError(f"{what} is None; expected an array of shape (n_samples, n_features)")
+    if hasattr(X, "dims") and hasattr(X, "data") and hasattr(X, "coords"):  # xarray
+        X = X.data
+    if isinstance(X, da.Array):
+        return X, False
+    if hasattr(X, "__dask_graph__"):
+        raise DataError(f"{what} is a {type(X).__name__}; pass a dask array "
+                        "(for a dask DataFrame: df.to_dask_array(lengths=True))")
+    try:
+        arr = np.asarray(X)
+    except Exception as exc:  # noqa: BLE001 - anything unconvertible is a data error
+        raise DataError(f"{what} cannot be converted to an array: {exc}") from None
+    return arr, True
+
+
+def _check_dtype(dtype: np.dtype, what: str) -> np.dtype:
+    if dtype.kind == "f":
+        return np.dtype(np.float32) if dtype.itemsize <= 4 else np.dtype(np.float64)
+    if dtype.kind in "iub":
+        return np.dtype(np.float64)
+    raise DataError(
+        f"{what} has dtype {dtype}; daskem needs numbers (float32, float64, integers or "
+        "booleans)")
+
+
+def as_chunked(X, sample_weight=None, *, chunk_rows: int | None = None, what: str = "X",
+               persist_memory: bool = True) -> ChunkedData:
+    """Check ``X`` (and ``sample_weight``) and cut it into row-chunks.
+
+    NumPy input is cut into chunks of about 32 MiB (or ``chunk_rows`` rows) and persisted
+    once, so that a distributed scheduler receives it once rather than every iteration.
+    """
+    arr, from_memory = _as_dask(X, what)
+    if arr.ndim != 2:
+        hint = " (reshape with X.reshape(-1, 1) for a single feature)" if arr.ndim == 1 else ""
+        raise DataError(f"{what} must be 2-D (n_samples, n_features); got {arr.ndim}-D "
+                        f"with shape {arr.shape}{hint}")
+    dtype = _check_dtype(arr.dtype, what)
+    if from_memory:
+        arr = np.asarray(arr, dtype=dtype)
+        rows = chunk_rows or max(1, DEFAULT_CHUNK_BYTES // max(arr.shape[1] * dtype.itemsize, 1))
+        arr = da.from_array(arr, chunks=(min(rows, max(arr.shape[0], 1)), -1))
+    else:
+        if arr.dtype != dtype:
+            arr = arr.astype(dtype)
+        if any(np.isnan(c) for c in arr.chunks[0]):
+            arr = arr.compute_chunk_sizes()
+        target = {1: -1}
+        if chunk_rows:
+            target[0] = chunk_rows
+        if arr.numblocks[1] > 1 or chunk_rows:
+            arr = arr.rechunk(target)
+    n_samples, n_features = arr.shape
+    if n_samples == 0:
+        raise DataError(f"{what} has 0 samples")
+    if n_features == 0:
+        raise DataError(f"{what} has 0 features")
+    weights = None
+    if sample_weight is not None:
+        weights = _as_weights(sample_weight, n_samples, arr.chunks[0])
+    if from_memory and persist_memory:
+        arr = arr.persist()
+        weights = weights.persist() if weights is not None else None
+    return ChunkedData(arr, weights, from_memory)
+
+
+def _as_weights(sample_weight, n_samples: int, row_chunks) -> da.Array:
+    if np.isscalar(sample_weight):
+        sample_weight = np.full(n_samples, float(sample_weight))
+    if isinstance(sample_weight, da.Array):
+        w = sample_weight
+    else:
+        w = np.asarray(sample_weight)
+        if w.dtype.kind not in "iubf":
+            raise DataError(f"sample_weight has dtype {w.dtype}; expected numbers")
+        w = da.from_array(w.astype(np.float64))
+    if w.ndim != 1 or w.shape[0] != n_samples:
+        raise DataError(f"sample_weight must have shape ({n_samples},); got {w.shape}")
+    return w.astype(np.float64).rechunk((row_chunks,))
+
+
+def summarise(data: ChunkedData, random_state, sample_size: int, *,
+              split_every: int = DEFAULT_SPLIT_EVERY) -> Summary:
+    """The one pass every fit starts with; raises :class:`DataError` on bad values."""
+    (seed,) = spawn_seeds(random_state, 1)
+    probability = min(1.0, sample_size / max(data.n_samples, 1))
+    summary = data.map_reduce(summarise_chunk, SampleRequest(seed, probability),
+                              phase="summary", split_every=split_every)
+    check_summary(data, summary)
+    return summary
+
+
+def check_summary(data: ChunkedData, summary: Summary) -> None:
+    if summary.n_nonfinite:
+        row = summary.first_nonfinite_row
+        raise DataError(
+            f"X contains {summary.n_nonfinite} non-finite value(s) (NaN or inf); the first "
+            f"is in row {row} (chunk {data.chunk_of_row(row)}). Remove or impute them first.")
+    if summary.n_bad_weights:
+        row = summary.first_bad_weight_row
+        raise DataError(
+            f"sample_weight has {summary.n_bad_weights} negative or non-finite value(s); "
+            f"the first is at row {row}")
+    if not summary.weight_sum > 0:
+        raise DataError("sample_weight sums to zero; at least one sample needs a positive weight")
+
+
+def compute_lazy(obj):
+    """Compute a small dask object (used only for O(K·d) results)."""
+    (value,) = dask.compute(obj)
+    return value

@@ -1,0 +1,110 @@
+"""One pass over the data: a kernel mapped over row-chunks, then a fixed-order tree reduction.
+
+This is the only module that builds dask graphs by hand. A pass is one ``dask.compute``:
+
+    chunk i ──► kernel(x_i, w_i, offset_i, payload) ─┐
+                                                       ├─► combine (fan-in ``split_every``,
+    chunk i+1 ─► ...                                  ─┘    consecutive chunks, level by level)
+
+The reduction tree depends only on the number of chunks and ``split_every``; partial
+results are added left to right inside a node. The result therefore does not depend on the
+number of workers, on which worker ran a task, or on a task that was retried.
+
+Keys are named ``daskem-<phase>-<label>-<token>`` so the dashboard's task stream and
+progress bars group them by phase (``daskem-estep``, ``daskem-reduce``, ...).
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import dask
+from dask.delayed import Delayed
+from dask.highlevelgraph import HighLevelGraph
+
+DEFAULT_SPLIT_EVERY = 8
+
+
+class _Payload:
+    """An opaque holder, so that dask ships the payload as one value and never walks it."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+def _apply_kernel(kernel, x, w, offset, payload: _Payload):
+    return kernel(x, w, offset, payload.value)
+
+
+def _combine(parts: list):
+    return functools.reduce(operator.add, parts)
+
+
+def tree_keys(keys: Sequence, split_every: int, name: str, graph: dict):
+    """Add the reduction tree of ``keys`` to ``graph``; return the root's key."""
+    if split_every < 2:
+        raise ValueError(f"split_every must be at least 2, got {split_every}")
+    level = 0
+    keys = list(keys)
+    while len(keys) > 1:
+        parents = []
+        for j in range(0, len(keys), split_every):
+            key = (name, level, j // split_every)
+            graph[key] = (_combine, keys[j:j + split_every])
+            parents.append(key)
+        keys = parents
+        level += 1
+    return keys[0]
+
+
+def map_reduce(
+    chunks: Sequence[Delayed],
+    weight_chunks: Sequence[Delayed] | None,
+    offsets: Sequence[int],
+    kernel: Callable,
+    payload: Any,
+    *,
+    phase: str,
+    label: str = "",
+    split_every: int = DEFAULT_SPLIT_EVERY,
+    compute: bool = True,
+):
+    """Run ``kernel(x, w, offset, payload)`` on every chunk and add the results up.
+
+    ``kernel`` must return an object whose ``+`` merges partial results. ``payload`` (the
+    parameters of the models being fitted) is put into the graph once and shared by every
+    chunk task. With ``compute=False`` the ``Delayed`` root is returned instead.
+    """
+    if not chunks:
+        raise ValueError("the data have no chunks")
+    # A fresh token every pass: keys of an earlier pass may still be held by the scheduler,
+    # and the payload differs between passes even when the data do not.
+    token = uuid.uuid4().hex[:16]
+    suffix = f"{label}-{token}" if label else token
+    map_name = f"daskem-{phase}-{suffix}"
+    reduce_name = f"daskem-reduce-{suffix}"
+    payload_key = f"daskem-params-{suffix}"
+    graph: dict = {payload_key: _Payload(payload)}
+    deps = list(chunks)
+    for i, chunk in enumerate(chunks):
+        w_key = None
+        if weight_chunks is not None:
+            w_key = weight_chunks[i].key
+        graph[(map_name, i)] = (_apply_kernel, kernel, chunk.key, w_key, int(offsets[i]),
+                                payload_key)
+    if weight_chunks is not None:
+        deps.extend(weight_chunks)
+    root = tree_keys([(map_name, i) for i in range(len(chunks))], split_every, reduce_name,
+                     graph)
+    hlg = HighLevelGraph.from_collections(map_name, graph, dependencies=deps)
+    result = Delayed(root, hlg, layer=map_name)
+    if not compute:
+        return result
+    (value,) = dask.compute(result)
+    return value

@@ -1,0 +1,188 @@
+"""k-means (Lloyd's algorithm) on data of any size."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from daskem.engine.data import as_chunked
+from daskem.engine.em import EMState, KMeansFamily, evaluate, run_em
+from daskem.engine.reduce import DEFAULT_SPLIT_EVERY
+from daskem.engine.seeding import kmeans_centers
+from daskem.errors import ClusterPolicyWarning, ConvergenceWarning, ParameterError
+from daskem.estimators.base import (
+    ParamsMixin,
+    check_array_shape,
+    check_choice,
+    check_float,
+    check_int,
+    master_rng,
+    per_sample,
+    start_fit,
+)
+from daskem.kernels.estep import KMeansKernelParams, kmeans_labels, squared_distances
+from daskem.kernels.random import spawn_seeds
+
+INITS = ("k-means||", "k-means++", "random")
+
+
+def _labels(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    return kmeans_labels(x, KMeansKernelParams.build(centers, x.dtype))
+
+
+def _distances(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    return np.sqrt(squared_distances(x, centers))
+
+
+class KMeans(ParamsMixin):
+    """k-means clustering by Lloyd's algorithm, on NumPy, Dask or xarray data.
+
+    Parameters
+    ----------
+    n_clusters : int, default 8
+    init : {"k-means||", "k-means++", "random"} or array of shape (n_clusters, n_features)
+        ``"k-means||"`` (default) seeds over the whole data in a few passes (Bahmani et al.);
+        ``"k-means++"`` and ``"random"`` seed from a uniform sample of ``sample_size`` rows.
+    n_init : int or "auto", default "auto"
+        Restarts, run side by side in the same passes; the one with the lowest inertia is
+        kept. ``"auto"``: 1 for k-means||, k-means++ and an array, 10 for random.
+    max_iter : int, default 300
+    tol : float, default 1e-4
+        Relative tolerance: stop when the squared movement of the centers, summed, is at
+        most ``tol`` times the mean per-feature variance of the data (scikit-learn's rule).
+        A pass in which no label changes moves no center, so it also stops the fit.
+    random_state : int, Generator or None
+    oversampling_factor : float, default 2
+        k-means||: expected candidates per round, as a multiple of ``n_clusters``.
+    init_max_rounds : int, default 5
+        k-means||: number of rounds (passes over the data).
+    sample_size : int, optional
+        Rows sampled (uniformly, in the first pass) for k-means++ and random seeding;
+        default ``max(10000, 50 * n_clusters)``.
+    split_every : int, default 8
+        Fan-in of the tree reduction of per-chunk statistics.
+    chunk_rows : int, optional
+        Rows per chunk (NumPy input is cut into ~32 MiB chunks; Dask input keeps its own).
+
+    Empty clusters are moved onto the rows farthest from their own centers, which leave the
+    clusters they were in (as scikit-learn does); each move is recorded in ``reseeds_`` and
+    reported with a :class:`~daskem.errors.ClusterPolicyWarning`.
+
+    For a Dask input, ``labels_`` and every per-sample result are lazy Dask arrays.
+    """
+
+    def __init__(self, n_clusters=8, *, init="k-means||", n_init="auto", max_iter=300,
+                 tol=1e-4, random_state=None, oversampling_factor=2.0, init_max_rounds=5,
+                 sample_size=None, split_every=DEFAULT_SPLIT_EVERY, chunk_rows=None,
+                 verbose=0):
+        self.n_clusters = n_clusters
+        self.init = init
+        self.n_init = n_init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.random_state = random_state
+        self.oversampling_factor = oversampling_factor
+        self.init_max_rounds = init_max_rounds
+        self.sample_size = sample_size
+        self.split_every = split_every
+        self.chunk_rows = chunk_rows
+        self.verbose = verbose
+
+    def _check_params(self) -> int:
+        check_int("n_clusters", self.n_clusters, 1)
+        check_int("max_iter", self.max_iter, 1)
+        check_int("split_every", self.split_every, 2)
+        check_int("init_max_rounds", self.init_max_rounds, 1)
+        check_float("tol", self.tol, 0.0)
+        check_float("oversampling_factor", self.oversampling_factor, 0.0, strict=True)
+        is_array = not isinstance(self.init, str)
+        if not is_array:
+            check_choice("init", self.init, INITS)
+        if self.n_init == "auto":
+            return 10 if not is_array and self.init == "random" else 1
+        n_init = check_int("n_init", self.n_init, 1)
+        if is_array and n_init != 1:
+            warnings.warn(f"Explicit initial center position passed: performing only one init "
+                          f"in {type(self).__name__} instead of n_init={n_init}.",
+                          RuntimeWarning, stacklevel=3)
+            return 1
+        return n_init
+
+    def fit(self, X, y=None, sample_weight=None):
+        """Compute k-means clustering of ``X`` (n_samples, n_features)."""
+        n_init = self._check_params()
+        rng = master_rng(self.random_state)
+        data, summary = start_fit(X, sample_weight, n_components=self.n_clusters,
+                                  what="n_clusters", chunk_rows=self.chunk_rows,
+                                  sample_size=self.sample_size, rng=rng,
+                                  split_every=self.split_every)
+        tol = self.tol * float(np.mean(summary.variance))
+        if isinstance(self.init, str):
+            seeds = spawn_seeds(rng, n_init)
+            centers = kmeans_centers(data, summary, self.n_clusters, seeds, self.init,
+                                     split_every=self.split_every)
+        else:
+            centers = [check_array_shape("init", self.init,
+                                         (self.n_clusters, data.n_features))]
+        family = KMeansFamily(tol)
+        states = run_em(data, [family] * len(centers), [EMState(c) for c in centers],
+                        max_iter=self.max_iter, split_every=self.split_every,
+                        callback=self._report if self.verbose else None)
+        # The inertia of the final centers: one more E-step pass, for every restart.
+        kparams = [family.kernel_params(s.params, data.dtype, far=False) for s in states]
+        final = evaluate(data, [family.kernel] * len(states), kparams, label="final",
+                         split_every=self.split_every)
+        best = int(np.argmin([st.objective for st in final]))
+        state = states[best]
+        self.cluster_centers_ = np.asarray(state.params)
+        self.inertia_ = float(final[best].objective)
+        self.n_iter_ = state.n_iter
+        self.converged_ = state.converged
+        self.n_features_in_ = data.n_features
+        self.reseeds_ = list(state.events)
+        self.labels_ = self.predict(X)
+        if state.events:
+            warnings.warn(f"{len(state.events)} empty cluster(s) were moved onto the farthest "
+                          "rows during the fit (see reseeds_)", ClusterPolicyWarning,
+                          stacklevel=2)
+        distinct = int(np.count_nonzero(final[best].nk > 0))
+        if distinct < self.n_clusters:
+            warnings.warn(f"Number of distinct clusters ({distinct}) found smaller than "
+                          f"n_clusters ({self.n_clusters}). Possibly due to duplicate points "
+                          "in X.", ConvergenceWarning, stacklevel=2)
+        return self
+
+    def _report(self, n_pass: int, states) -> None:
+        inertia = min(s.objectives[-1] for s in states if s.objectives)
+        print(f"[daskem KMeans] pass {n_pass}: best inertia {inertia:.6g}", flush=True)
+
+    def fit_predict(self, X, y=None, sample_weight=None):
+        return self.fit(X, sample_weight=sample_weight).labels_
+
+    def predict(self, X):
+        """Index of the nearest center for every row (lazy for a Dask input)."""
+        self._check_fitted("cluster_centers_")
+        return per_sample(X, self.n_features_in_, _labels, self.cluster_centers_,
+                          dtype=np.int64)
+
+    def transform(self, X):
+        """Euclidean distance of every row to every center, (n_samples, n_clusters)."""
+        self._check_fitted("cluster_centers_")
+        return per_sample(X, self.n_features_in_, _distances, self.cluster_centers_,
+                          dtype=np.float64, n_columns=self.n_clusters)
+
+    def fit_transform(self, X, y=None, sample_weight=None):
+        return self.fit(X, sample_weight=sample_weight).transform(X)
+
+    def score(self, X, y=None, sample_weight=None) -> float:
+        """Opposite of the inertia of ``X`` under the fitted centers (one pass)."""
+        self._check_fitted("cluster_centers_")
+        data = as_chunked(X, sample_weight, chunk_rows=self.chunk_rows)
+        if data.n_features != self.n_features_in_:
+            raise ParameterError(f"X has {data.n_features} features, but the model was "
+                                 f"fitted with {self.n_features_in_} features")
+        params = KMeansKernelParams.build(self.cluster_centers_, data.dtype)
+        (stats,) = evaluate(data, [KMeansFamily.kernel], [params], label="score",
+                            split_every=self.split_every)
+        return -float(stats.objective)

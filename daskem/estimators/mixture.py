@@ -1,0 +1,323 @@
+"""Gaussian mixture models fitted by EM on data of any size."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from daskem.engine.data import as_chunked
+from daskem.engine.em import EMState, GaussianFamily, evaluate, run_em
+from daskem.engine.reduce import DEFAULT_SPLIT_EVERY
+from daskem.engine.seeding import initial_gaussians
+from daskem.errors import ClusterPolicyWarning, ConvergenceWarning, DataError, ParameterError
+from daskem.estimators.base import (
+    ParamsMixin,
+    check_array_shape,
+    check_choice,
+    check_float,
+    check_int,
+    master_rng,
+    per_sample,
+    start_fit,
+)
+from daskem.kernels.estep import (
+    GaussianKernelParams,
+    _normalise,
+    gaussian_log_prob,
+    gaussian_loglik_chunk,
+)
+from daskem.kernels.gaussian import (
+    COVARIANCE_TYPES,
+    compute_precision_cholesky,
+    covariance_shape,
+    covariances_from_precision_cholesky,
+    n_parameters,
+    precision_cholesky_from_precisions,
+)
+from daskem.kernels.mstep import GaussianParams
+from daskem.kernels.random import spawn_seeds
+
+INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")
+ASSIGNMENTS = ("soft", "hard")
+
+
+def _weighted_log_prob(x: np.ndarray, params: GaussianParams) -> np.ndarray:
+    kp = GaussianKernelParams.build(params.weights, params.means, params.precisions_cholesky,
+                                    params.covariance_type, x.dtype)
+    return gaussian_log_prob(x, kp)
+
+
+def _predict(x, params):
+    return np.argmax(_weighted_log_prob(x, params), axis=1)
+
+
+def _predict_proba(x, params):
+    _, resp = _normalise(_weighted_log_prob(x, params).T)
+    return np.ascontiguousarray(resp.T)
+
+
+def _score_samples(x, params):
+    lse, _ = _normalise(_weighted_log_prob(x, params).T)
+    return lse
+
+
+class GaussianMixture(ParamsMixin):
+    """Gaussian mixture fitted by expectation–maximisation, on NumPy, Dask or xarray data.
+
+    Parameters follow scikit-learn's ``GaussianMixture``; what daskem adds:
+
+    covariance_type : {"full", "tied", "diag", "spherical", "fixed"}, default "full"
+        ``"fixed"`` is EM with every covariance held at ``fixed_variance``·I ("soft
+        k-means"): only the means and weights are updated.
+    fixed_variance : float, default 1.0
+        σ² of the ``"fixed"`` covariance type.
+    assignment : {"soft", "hard"}, default "soft"
+        ``"hard"`` is classification EM: the E-step gives every row wholly to its most
+        probable component, and ``lower_bound_`` is the classification log-likelihood.
+    init_params : {"kmeans", "k-means++", "random", "random_from_data"}, default "kmeans"
+        ``"kmeans"`` runs daskem's k-means (k-means|| seeding, then Lloyd); ``"k-means++"``
+        and ``"random_from_data"`` pick means from a uniform sample of rows. These three
+        then take the weights and covariances of the hard clusters of all rows around
+        those means (one pass). ``"random"`` draws random responsibilities for the sample.
+    sample_size, split_every, chunk_rows
+        As for :class:`daskem.KMeans`.
+
+    A component whose total responsibility falls below one average sample's weight has
+    collapsed: it is re-seeded at the row the model explains worst, with the average
+    covariance of the others (recorded in ``reseeds_``, reported with a
+    :class:`~daskem.errors.ClusterPolicyWarning`).
+
+    ``tol`` applies to the change of the mean per-sample log-likelihood between
+    iterations, as in scikit-learn. For a Dask input, every per-sample result
+    (``predict``, ``predict_proba``, ``score_samples``) is a lazy Dask array.
+    """
+
+    def __init__(self, n_components=1, *, covariance_type="full", tol=1e-3, reg_covar=1e-6,
+                 max_iter=100, n_init=1, init_params="kmeans", weights_init=None,
+                 means_init=None, precisions_init=None, random_state=None,
+                 assignment="soft", fixed_variance=1.0, sample_size=None,
+                 split_every=DEFAULT_SPLIT_EVERY, chunk_rows=None, verbose=0):
+        self.n_components = n_components
+        self.covariance_type = covariance_type
+        self.tol = tol
+        self.reg_covar = reg_covar
+        self.max_iter = max_iter
+        self.n_init = n_init
+        self.init_params = init_params
+        self.weights_init = weights_init
+        self.means_init = means_init
+        self.precisions_init = precisions_init
+        self.random_state = random_state
+        self.assignment = assignment
+        self.fixed_variance = fixed_variance
+        self.sample_size = sample_size
+        self.split_every = split_every
+        self.chunk_rows = chunk_rows
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------ checks
+
+    def _check_params(self) -> None:
+        check_int("n_components", self.n_components, 1)
+        check_choice("covariance_type", self.covariance_type, COVARIANCE_TYPES)
+        check_float("tol", self.tol, 0.0)
+        check_float("reg_covar", self.reg_covar, 0.0)
+        check_int("max_iter", self.max_iter, 1)
+        check_int("n_init", self.n_init, 1)
+        check_int("split_every", self.split_every, 2)
+        check_choice("init_params", self.init_params, INIT_PARAMS)
+        check_choice("assignment", self.assignment, ASSIGNMENTS)
+        check_float("fixed_variance", self.fixed_variance, 0.0, strict=True)
+
+    def _user_init(self, n_features: int) -> dict:
+        k, ctype = self.n_components, self.covariance_type
+        out = {}
+        if self.weights_init is not None:
+            w = check_array_shape("weights_init", self.weights_init, (k,))
+            if np.any(w < 0) or not np.isclose(w.sum(), 1.0, rtol=0, atol=1e-6):
+                raise ParameterError("The parameter 'weights_init' should be non-negative and "
+                                     f"sum to 1; got sum {w.sum():.6g}")
+            out["weights"] = w
+        if self.means_init is not None:
+            out["means"] = check_array_shape("means_init", self.means_init, (k, n_features))
+        if self.precisions_init is not None:
+            if ctype == "fixed":
+                raise ParameterError("precisions_init does not apply to covariance_type="
+                                     "'fixed'; set fixed_variance instead")
+            shape = covariance_shape(ctype, k, n_features)
+            prec = check_array_shape("precisions_init", self.precisions_init, shape)
+            try:
+                out["prec_chol"] = precision_cholesky_from_precisions(prec, ctype)
+            except np.linalg.LinAlgError:
+                raise ParameterError(f"'precisions_init' of covariance_type={ctype!r} must be "
+                                     "symmetric, positive-definite") from None
+            if not np.all(np.isfinite(out["prec_chol"])) or (
+                    ctype not in ("full", "tied") and np.any(prec <= 0)):
+                raise ParameterError(f"'precisions_init' of covariance_type={ctype!r} must be "
+                                     "positive")
+        return out
+
+    # ------------------------------------------------------------------ fit
+
+    def fit(self, X, y=None, sample_weight=None):
+        """Estimate the parameters by EM (``n_init`` restarts run side by side)."""
+        self._check_params()
+        rng = master_rng(self.random_state)
+        data, summary = start_fit(X, sample_weight, n_components=self.n_components,
+                                  what="n_components", chunk_rows=self.chunk_rows,
+                                  sample_size=self.sample_size, rng=rng,
+                                  split_every=self.split_every)
+        user = self._user_init(data.n_features)
+        seeds = spawn_seeds(rng, self.n_init)
+        if len(user) == 3 or (self.covariance_type == "fixed" and len(user) == 2):
+            initial = [self._from_user(user, None)] * len(seeds)
+        else:
+            computed = initial_gaussians(
+                data, summary, self.n_components, self.covariance_type, self.init_params,
+                seeds, reg_covar=self.reg_covar, fixed_variance=self.fixed_variance,
+                split_every=self.split_every)
+            initial = [self._from_user(user, p) for p in computed]
+        family = GaussianFamily(self.covariance_type, self.reg_covar, self.tol,
+                                hard=self.assignment == "hard",
+                                fixed_variance=self.fixed_variance)
+        states = run_em(data, [family] * len(initial), [EMState(p) for p in initial],
+                        max_iter=self.max_iter, split_every=self.split_every,
+                        callback=self._report if self.verbose else None)
+        # scikit-learn keeps the first restart with the highest final lower bound.
+        best = int(np.argmax([s.objectives[-1] for s in states]))
+        self._set_state(states[best], data.n_features)
+        if not self.converged_:
+            warnings.warn("Best performing initialization did not converge. Try different "
+                          "init parameters, or increase max_iter, tol, or check for "
+                          "degenerate data.", ConvergenceWarning, stacklevel=2)
+        if self.reseeds_:
+            warnings.warn(f"{len(self.reseeds_)} collapsed component(s) were re-seeded during "
+                          "the fit (see reseeds_)", ClusterPolicyWarning, stacklevel=2)
+        return self
+
+    def _from_user(self, user: dict, computed: GaussianParams | None) -> GaussianParams:
+        ctype = self.covariance_type
+        weights = user.get("weights", computed.weights if computed else None)
+        means = user.get("means", computed.means if computed else None)
+        if ctype == "fixed":
+            cov = np.full(self.n_components, float(self.fixed_variance))
+            prec_chol = compute_precision_cholesky(cov, ctype)
+        elif "prec_chol" in user:
+            prec_chol = user["prec_chol"]
+            cov = covariances_from_precision_cholesky(prec_chol, ctype)
+        else:
+            cov, prec_chol = computed.covariances, computed.precisions_cholesky
+        return GaussianParams(ctype, np.asarray(weights), np.asarray(means), cov, prec_chol)
+
+    def _set_state(self, state: EMState, n_features: int) -> None:
+        p: GaussianParams = state.params
+        self.weights_ = p.weights
+        self.means_ = p.means
+        self.covariances_ = p.covariances
+        self.precisions_cholesky_ = p.precisions_cholesky
+        if self.covariance_type == "full":
+            self.precisions_ = np.einsum("kij,klj->kil", p.precisions_cholesky,
+                                         p.precisions_cholesky)
+        elif self.covariance_type == "tied":
+            self.precisions_ = p.precisions_cholesky @ p.precisions_cholesky.T
+        else:
+            self.precisions_ = p.precisions_cholesky**2
+        self.converged_ = state.converged
+        self.n_iter_ = state.n_iter
+        self.lower_bound_ = state.objectives[-1]
+        self.lower_bounds_ = list(state.objectives)
+        self.reseeds_ = list(state.events)
+        self.n_features_in_ = n_features
+
+    def _report(self, n_pass: int, states) -> None:
+        best = max(s.objectives[-1] for s in states if s.objectives)
+        print(f"[daskem GaussianMixture] pass {n_pass}: best lower bound {best:.10g}",
+              flush=True)
+
+    @property
+    def _params(self) -> GaussianParams:
+        self._check_fitted("means_")
+        return GaussianParams(self.covariance_type, self.weights_, self.means_,
+                              self.covariances_, self.precisions_cholesky_)
+
+    # ------------------------------------------------------------------ per sample
+
+    def fit_predict(self, X, y=None, sample_weight=None):
+        return self.fit(X, sample_weight=sample_weight).predict(X)
+
+    def predict(self, X):
+        """Most probable component of every row (lazy for a Dask input)."""
+        return per_sample(X, self._n_features(), _predict, self._params, dtype=np.int64)
+
+    def predict_proba(self, X):
+        """Responsibilities, shape (n_samples, n_components)."""
+        return per_sample(X, self._n_features(), _predict_proba, self._params,
+                          dtype=np.float64, n_columns=self.n_components)
+
+    def score_samples(self, X):
+        """log p(x) of every row under the mixture."""
+        return per_sample(X, self._n_features(), _score_samples, self._params,
+                          dtype=np.float64)
+
+    def _n_features(self) -> int:
+        self._check_fitted("means_")
+        return self.n_features_in_
+
+    # ------------------------------------------------------------------ reductions
+
+    def _log_likelihood(self, X, sample_weight=None):
+        """(Σ w log p(x), Σ w, n_samples) in one pass."""
+        data = as_chunked(X, sample_weight, chunk_rows=self.chunk_rows)
+        if data.n_features != self._n_features():
+            raise DataError(f"X has {data.n_features} features, but the model was fitted "
+                            f"with {self.n_features_in_} features")
+        p = self._params
+        kp = GaussianKernelParams.build(p.weights, p.means, p.precisions_cholesky,
+                                        p.covariance_type, data.dtype)
+        (ll,) = evaluate(data, [gaussian_loglik_chunk], [kp], label="score",
+                         split_every=self.split_every)
+        return ll.total, ll.weight_sum, data.n_samples
+
+    def score(self, X, y=None, sample_weight=None) -> float:
+        """Mean per-sample log-likelihood of ``X`` (one pass)."""
+        total, weight, _ = self._log_likelihood(X, sample_weight)
+        return total / weight
+
+    def _n_parameters(self) -> int:
+        return n_parameters(self.covariance_type, self.n_components, self._n_features())
+
+    def bic(self, X) -> float:
+        """Bayesian information criterion of ``X`` (lower is better)."""
+        total, _, n = self._log_likelihood(X)
+        return -2.0 * total + self._n_parameters() * np.log(n)
+
+    def aic(self, X) -> float:
+        """Akaike information criterion of ``X`` (lower is better)."""
+        total, _, _ = self._log_likelihood(X)
+        return -2.0 * total + 2.0 * self._n_parameters()
+
+    def sample(self, n_samples=1):
+        """Ancestral sampling: a component by its weight, then a row from that Gaussian.
+
+        Returns ``(X, y)``: the rows (n_samples, n_features), grouped by component, and
+        the component of each.
+        """
+        check_int("n_samples", n_samples, 1)
+        p = self._params
+        rng = master_rng(self.random_state)
+        counts = rng.multinomial(n_samples, p.weights)
+        d = self.n_features_in_
+        xs, ys = [], []
+        for k, count in enumerate(counts):
+            if self.covariance_type == "full":
+                cov = p.covariances[k]
+            elif self.covariance_type == "tied":
+                cov = p.covariances
+            elif self.covariance_type == "diag":
+                cov = np.diag(p.covariances[k])
+            else:
+                cov = p.covariances[k] * np.eye(d)
+            xs.append(rng.multivariate_normal(p.means[k], cov, int(count)))
+            ys.append(np.full(int(count), k, dtype=np.int64))
+        return np.vstack(xs), np.concatenate(ys)

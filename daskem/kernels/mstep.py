@@ -1,0 +1,145 @@
+"""M-steps: new parameters from merged statistics, on arrays of size O(K·d²).
+
+Policies for degenerate components, the same whatever the data size:
+
+* k-means: a cluster that lost all its samples is moved onto the rows farthest from their
+  own centers (the farthest first), which are taken out of the clusters they were in;
+  never to the origin, never dropped.
+* mixtures: a component whose total responsibility fell below one average sample's weight
+  has *collapsed*; it is re-seeded at the row the model explains worst, with the
+  weighted-average covariance of the other components and the weight of one sample.
+
+Each re-seeding is returned as a :class:`Reseed` record so the caller can warn and keep it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from daskem.kernels.gaussian import compute_precision_cholesky
+from daskem.kernels.stats import Stats
+
+EPS = float(np.finfo(np.float64).eps)
+
+
+@dataclass(frozen=True)
+class GaussianParams:
+    """Parameters of a Gaussian mixture (scikit-learn's attribute shapes), all float64."""
+
+    covariance_type: str
+    weights: np.ndarray
+    means: np.ndarray
+    covariances: np.ndarray
+    precisions_cholesky: np.ndarray
+
+    @property
+    def n_components(self) -> int:
+        return self.means.shape[0]
+
+
+@dataclass(frozen=True)
+class Reseed:
+    """One component or cluster moved onto a data row by the degenerate-component policy."""
+
+    component: int
+    row: int  # global row index of the new center
+    reason: str  # "empty cluster" or "collapsed component"
+
+
+def kmeans_m_step(stats: Stats, shift: np.ndarray) -> tuple[np.ndarray, list[Reseed]]:
+    """New centers from k-means statistics shifted by ``shift`` (the old centers)."""
+    nk = stats.nk.copy()
+    s1 = stats.s1.copy()
+    centers = np.asarray(shift, dtype=np.float64).copy()
+    events = []
+    empty = np.flatnonzero(nk <= 0.0)
+    if empty.size:
+        far = stats.far
+        for j, i in zip(empty, range(len(far.score)), strict=False):
+            old = far.label[i]
+            wi = far.weight[i]
+            # The row leaves its old cluster (shifted statistics of that cluster)...
+            s1[old] -= wi * (far.x[i] - centers[old])
+            nk[old] -= wi
+            # ...and becomes the whole of the empty one.
+            centers[j] = far.x[i]
+            s1[j] = 0.0
+            nk[j] = wi
+            events.append(Reseed(int(j), int(far.index[i]), "empty cluster"))
+    nonempty = nk > 0.0
+    centers[nonempty] += s1[nonempty] / nk[nonempty, None]
+    return centers, events
+
+
+def _covariances(stats: Stats, nk: np.ndarray, delta: np.ndarray, covariance_type: str,
+                 reg_covar: float) -> np.ndarray:
+    """Covariances around the new means from statistics shifted by the old means.
+
+    With ``delta = s1 / nk`` (new mean − shift): Σ r (x−μ)(x−μ)ᵀ = s2 − nk δδᵀ.
+    """
+    d = delta.shape[1]
+    if covariance_type == "full":
+        cov = stats.s2 / nk[:, None, None] - delta[:, :, None] * delta[:, None, :]
+        cov = 0.5 * (cov + cov.transpose(0, 2, 1))
+        cov[:, np.arange(d), np.arange(d)] += reg_covar
+        return cov
+    if covariance_type == "tied":
+        cov = (stats.s2 - np.einsum("k,ki,kj->ij", nk, delta, delta)) / nk.sum()
+        cov = 0.5 * (cov + cov.T)
+        cov.flat[:: d + 1] += reg_covar
+        return cov
+    if covariance_type == "diag":
+        return np.maximum(stats.s2 / nk[:, None] - delta**2, 0.0) + reg_covar
+    # spherical: the mean of the diagonal
+    return np.maximum(stats.s2 / (nk * d) - (delta**2).mean(axis=1), 0.0) + reg_covar
+
+
+def gaussian_m_step(stats: Stats, shift: np.ndarray, covariance_type: str, reg_covar: float,
+                    fixed_variance: float = 1.0) -> tuple[GaussianParams, list[Reseed]]:
+    """New mixture parameters from statistics shifted by ``shift`` (the old means).
+
+    As in scikit-learn, ``10·eps`` is added to every component's mass so that an empty
+    component does not divide by zero, the weights are normalised, and ``reg_covar`` is
+    added to the diagonal of every covariance.
+    """
+    n_components, d = stats.s1.shape
+    mean_weight = stats.weight_sum / max(stats.n_samples, 1)
+    collapsed = np.flatnonzero(stats.nk < mean_weight)
+    nk = stats.nk + 10 * EPS
+    delta = stats.s1 / nk[:, None]
+    means = np.asarray(shift, dtype=np.float64) + delta
+    if covariance_type == "fixed":
+        covariances = np.full(n_components, float(fixed_variance))
+    else:
+        covariances = _covariances(stats, nk, delta, covariance_type, reg_covar)
+    events = []
+    if collapsed.size and collapsed.size < n_components:
+        nk, means, covariances, events = _reseed_collapsed(
+            stats, collapsed, nk, means, covariances, covariance_type, mean_weight)
+    weights = nk / nk.sum()
+    return GaussianParams(
+        covariance_type=covariance_type,
+        weights=weights,
+        means=means,
+        covariances=covariances,
+        precisions_cholesky=compute_precision_cholesky(covariances, covariance_type),
+    ), events
+
+
+def _reseed_collapsed(stats, collapsed, nk, means, covariances, covariance_type, mean_weight):
+    nk = nk.copy()
+    means = means.copy()
+    covariances = covariances.copy()
+    alive = np.setdiff1d(np.arange(nk.shape[0]), collapsed)
+    share = nk[alive] / nk[alive].sum()
+    events = []
+    far = stats.far
+    for j, i in zip(collapsed, range(len(far.score)), strict=False):
+        means[j] = far.x[i]
+        nk[j] = mean_weight
+        if covariance_type in ("full", "diag", "spherical"):
+            covariances[j] = np.tensordot(share, covariances[alive], axes=1)
+        events.append(Reseed(int(j), int(far.index[i]), "collapsed component"))
+    return nk, means, covariances, events

@@ -1,0 +1,139 @@
+"""Sufficient statistics of one chunk, and how two of them merge.
+
+Statistics of component k, with ``r`` the responsibility (or 0/1 for k-means) times the
+sample weight, and ``c_k`` a shift known to every chunk (the current mean of k)::
+
+    nk = Σ r          s1 = Σ r (x − c_k)          s2 = Σ r (x − c_k)(x − c_k)ᵀ
+
+``s2`` is the full matrix (full), the sum of the full matrices over components (tied), its
+diagonal (diag), its trace (spherical) or absent (fixed, k-means). Summing shifted values
+keeps ``s2/nk − (s1/nk)(s1/nk)ᵀ`` accurate for data far from the origin. Everything is
+float64, whatever the data's dtype. Merging is addition, except for the far points, of
+which the ``capacity`` farthest are kept (ties broken by global row index), so the merge is
+associative and commutative and the result does not depend on the reduction's shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class FarPoints:
+    """The rows that the model explains worst, candidates for re-seeding components.
+
+    ``score`` is larger for a worse-explained row (squared distance to its center for
+    k-means, minus the log-likelihood for a mixture).
+    """
+
+    score: np.ndarray  # (m,)
+    index: np.ndarray  # (m,) global row index
+    x: np.ndarray  # (m, n_features)
+    label: np.ndarray  # (m,) the component the row was assigned to
+    weight: np.ndarray  # (m,) sample weight
+    capacity: int
+
+    @classmethod
+    def empty(cls, n_features: int, capacity: int) -> FarPoints:
+        return cls(
+            score=np.empty(0),
+            index=np.empty(0, dtype=np.int64),
+            x=np.empty((0, n_features)),
+            label=np.empty(0, dtype=np.int64),
+            weight=np.empty(0),
+            capacity=capacity,
+        )
+
+    @classmethod
+    def from_block(cls, score, x, label, weight, offset: int, capacity: int) -> FarPoints:
+        """The ``capacity`` worst rows of an in-memory block whose first row is ``offset``."""
+        n = score.shape[0]
+        if capacity <= 0:
+            return cls.empty(x.shape[1], 0)
+        if n > capacity:
+            keep = np.argpartition(-score, capacity - 1)[:capacity]
+        else:
+            keep = np.arange(n)
+        keep = np.sort(keep)
+        w = np.ones(len(keep)) if weight is None else np.asarray(weight, np.float64)[keep]
+        return cls(
+            score=np.asarray(score[keep], dtype=np.float64),
+            index=keep.astype(np.int64) + offset,
+            x=np.asarray(x[keep], dtype=np.float64),
+            label=np.asarray(label[keep], dtype=np.int64),
+            weight=w,
+            capacity=capacity,
+        )
+
+    def merge(self, other: FarPoints) -> FarPoints:
+        score = np.concatenate([self.score, other.score])
+        index = np.concatenate([self.index, other.index])
+        # Largest score first; equal scores in row order: a total order, so the merge does
+        # not depend on which partial result came first.
+        order = np.lexsort((index, -score))[: max(self.capacity, other.capacity)]
+        return FarPoints(
+            score=score[order],
+            index=index[order],
+            x=np.concatenate([self.x, other.x])[order],
+            label=np.concatenate([self.label, other.label])[order],
+            weight=np.concatenate([self.weight, other.weight])[order],
+            capacity=max(self.capacity, other.capacity),
+        )
+
+
+@dataclass
+class Stats:
+    """Sufficient statistics of one model over some rows.
+
+    ``objective`` is the weighted sum of per-sample log-likelihoods for a mixture (the
+    classification log-likelihood for hard assignments) and the inertia for k-means.
+    """
+
+    nk: np.ndarray  # (n_components,)
+    s1: np.ndarray  # (n_components, n_features)
+    s2: np.ndarray | None
+    objective: float
+    weight_sum: float
+    n_samples: int
+    n_nonfinite: int
+    far: FarPoints = field(repr=False)
+
+    @classmethod
+    def zeros(cls, n_components: int, n_features: int, s2_shape: tuple | None,
+              far_capacity: int) -> Stats:
+        return cls(
+            nk=np.zeros(n_components),
+            s1=np.zeros((n_components, n_features)),
+            s2=None if s2_shape is None else np.zeros(s2_shape),
+            objective=0.0,
+            weight_sum=0.0,
+            n_samples=0,
+            n_nonfinite=0,
+            far=FarPoints.empty(n_features, far_capacity),
+        )
+
+    def __add__(self, other: Stats) -> Stats:
+        return Stats(
+            nk=self.nk + other.nk,
+            s1=self.s1 + other.s1,
+            s2=None if self.s2 is None else self.s2 + other.s2,
+            objective=self.objective + other.objective,
+            weight_sum=self.weight_sum + other.weight_sum,
+            n_samples=self.n_samples + other.n_samples,
+            n_nonfinite=self.n_nonfinite + other.n_nonfinite,
+            far=self.far.merge(other.far),
+        )
+
+
+def s2_shape(covariance_type: str | None, n_components: int, n_features: int) -> tuple | None:
+    """Shape of ``Stats.s2`` for a covariance type (``None``: k-means or fixed variance)."""
+    if covariance_type is None or covariance_type == "fixed":
+        return None
+    return {
+        "full": (n_components, n_features, n_features),
+        "tied": (n_features, n_features),
+        "diag": (n_components, n_features),
+        "spherical": (n_components,),
+    }[covariance_type]
