@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import dask
+import numpy as np
+import pytest
+
+
+def make_blobs(n_samples=2000, n_features=3, n_centers=3, seed=0, spread=1.0, offset=0.0,
+               dtype=np.float64, return_centers=False):
+    """Anisotropic Gaussian blobs with unequal sizes (a mixture worth fitting)."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(scale=6.0, size=(n_centers, n_features))
+    sizes = rng.multinomial(n_samples, np.linspace(1, 2, n_centers) / np.linspace(1, 2, n_centers).sum())
+    parts = []
+    for c, size in zip(centers, sizes):
+        a = rng.normal(size=(n_features, n_features)) * 0.5 + np.eye(n_features)
+        parts.append(rng.normal(size=(size, n_features)) @ a * spread + c)
+    X = np.concatenate(parts) + offset
+    X = X[rng.permutation(n_samples)].astype(dtype)
+    return (X, centers + offset) if return_centers else X
+
+
+@pytest.fixture
+def blobs():
+    return make_blobs()
+
+
+@pytest.fixture
+def sync_scheduler():
+    with dask.config.set(scheduler="synchronous"):
+        yield
+
+
+class ComputeCounter:
+    """Counts how many times dask's scheduler is asked to run a graph."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, dsk, keys, **kwargs):
+        self.calls += 1
+        return dask.get(dsk, keys, **kwargs)
+
+
+@pytest.fixture
+def compute_counter():
+    counter = ComputeCounter()
+    with dask.config.set(scheduler=counter):
+        yield counter
+
+
+def assert_rel(actual, expected, rtol, atol=0.0, what=""):
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, err_msg=what)

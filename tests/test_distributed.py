@@ -1,0 +1,87 @@
+"""Fits on a real distributed.LocalCluster with worker processes."""
+
+from __future__ import annotations
+
+import warnings
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+from distributed import Client, LocalCluster
+
+from conftest import make_blobs
+from daskem import ConvergenceWarning, GaussianMixture, KMeans
+
+pytestmark = pytest.mark.distributed
+
+
+def cluster_client(n_workers):
+    cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                           dashboard_address=None, host="127.0.0.1")
+    return cluster, Client(cluster)
+
+
+@pytest.fixture(scope="module")
+def data():
+    X = make_blobs(6000, 4, 4, seed=21, spread=1.5)
+    return X, da.from_array(X, chunks=(450, -1))  # 14 chunks, the last one short
+
+
+def fit_all(X):
+    """Every estimator flavour, a few iterations from fixed starts; returns a dict of arrays."""
+    out = {}
+    init = X[:4].compute() if isinstance(X, da.Array) else X[:4]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for ctype in ("full", "diag"):
+            gm = GaussianMixture(4, covariance_type=ctype, max_iter=8, tol=0,
+                                 random_state=0).fit(X)
+            out[f"gmm-{ctype}-means"] = gm.means_
+            out[f"gmm-{ctype}-cov"] = gm.covariances_
+            out[f"gmm-{ctype}-lb"] = np.array(gm.lower_bounds_)
+        km = KMeans(4, init=init, max_iter=20).fit(X)
+        out["km-centers"] = km.cluster_centers_
+        out["km-inertia"] = np.array(km.inertia_)
+        km2 = KMeans(4, init="k-means||", random_state=3).fit(X)
+        out["km||-centers"] = km2.cluster_centers_
+    return out
+
+
+@pytest.fixture(scope="module")
+def results(data):
+    _, X = data
+    runs = {}
+    with dask.config.set(scheduler="synchronous"):
+        runs["sync"] = fit_all(X)
+    for n_workers in (1, 2):
+        cluster, client = cluster_client(n_workers)
+        try:
+            runs[n_workers] = fit_all(X)
+            runs[f"{n_workers}-labels"] = KMeans(4, init=X[:4].compute(),
+                                                 max_iter=5).fit(X).labels_.compute()
+        finally:
+            client.close()
+            cluster.close()
+    return runs
+
+
+def test_bit_identical_on_one_and_two_workers(results):
+    one, two = results[1], results[2]
+    for key in one:
+        np.testing.assert_array_equal(one[key], two[key], err_msg=key)
+    np.testing.assert_array_equal(results["1-labels"], results["2-labels"])
+
+
+def test_distributed_agrees_with_synchronous(results):
+    for key, value in results["sync"].items():
+        np.testing.assert_allclose(results[2][key], value, rtol=1e-10, atol=1e-12,
+                                   err_msg=key)
+
+
+def test_chunking_changes_only_rounding(data):
+    X, _ = data
+    a = fit_all(da.from_array(X, chunks=(6000, -1)))
+    b = fit_all(da.from_array(X, chunks=((1, 2999, 0, 3000), (4,))))
+    for key in a:
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-9, atol=1e-12, err_msg=key)
