@@ -16,7 +16,9 @@ from daskem.kernels.estep import (
     gaussian_log_prob,
     kmeans_chunk_stats,
     kmeans_labels,
+    pack_symmetric,
     squared_distances,
+    unpack_symmetric,
 )
 from daskem.kernels.gaussian import (
     compute_precision_cholesky,
@@ -105,14 +107,15 @@ def test_gaussian_chunk_stats_match_naive_loop(ctype, weighted):
         ll += ww[i] * lse
         r = np.exp(logp - lse) * ww[i]
         for k in range(3):
-            diff = x[i] - means[k]
+            diff = x[i] - kp.shift  # the statistics' common shift
             nk[k] += r[k]
             s1[k] += r[k] * diff
             s2[k] += r[k] * np.outer(diff, diff)
     np.testing.assert_allclose(stats.objective, ll, rtol=1e-12)
     np.testing.assert_allclose(stats.nk, nk, rtol=1e-10)
     np.testing.assert_allclose(stats.s1, s1, rtol=1e-9, atol=1e-9)
-    expected_s2 = {"full": s2, "tied": s2.sum(0), "diag": np.diagonal(s2, axis1=1, axis2=2),
+    expected_s2 = {"full": pack_symmetric(s2), "tied": pack_symmetric(s2),
+                   "diag": np.diagonal(s2, axis1=1, axis2=2),
                    "spherical": np.trace(s2, axis1=1, axis2=2), "fixed": None}[ctype]
     if expected_s2 is None:
         assert stats.s2 is None
@@ -131,7 +134,7 @@ def test_m_step_matches_sklearn(ctype):
     prec_chol = compute_precision_cholesky(cov, ctype)
     kp = GaussianKernelParams.build(weights, means, prec_chol, ctype, np.float64)
     stats = gaussian_chunk_stats(x, None, 0, kp)
-    params, events = gaussian_m_step(stats, means, ctype, 1e-6)
+    params, events = gaussian_m_step(stats, kp.shift, ctype, 1e-6)
     logp = log_gaussian_prob(x, means, prec_chol, ctype) + np.log(weights)
     resp = np.exp(logp - logsumexp(logp, axis=1, keepdims=True))
     w, m, c = _estimate_gaussian_parameters(x, resp, 1e-6, ctype)
@@ -259,3 +262,25 @@ def test_stats_merge_equals_one_chunk(cuts, ctype):
     np.testing.assert_allclose(total.s2, whole.s2, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(total.objective, whole.objective, rtol=1e-12)
     np.testing.assert_array_equal(total.far.index, whole.far.index)
+
+
+def test_pack_unpack_symmetric_roundtrip():
+    a = np.random.default_rng(0).normal(size=(2, 5, 5))
+    a = a + a.transpose(0, 2, 1)
+    np.testing.assert_array_equal(unpack_symmetric(pack_symmetric(a), 5), a)
+
+
+@pytest.mark.parametrize("ctype", TYPES)
+def test_float32_data_keep_float64_statistics(ctype):
+    """Data at an offset of 1e4 in float32: the statistics equal those of the same
+    values in float64 (features are formed in float64)."""
+    rng = np.random.default_rng(11)
+    x32 = (rng.normal(size=(3000, 4)) + 1e4).astype(np.float32)
+    weights, means, cov = random_params(ctype)
+    means = means * 0.3 + 1e4
+    kp = GaussianKernelParams.build(weights, means, compute_precision_cholesky(cov, ctype),
+                                    ctype)
+    a = gaussian_chunk_stats(x32, None, 0, kp)
+    b = gaussian_chunk_stats(x32.astype(np.float64), None, 0, kp)
+    np.testing.assert_allclose(a.s2, b.s2, rtol=1e-12)
+    np.testing.assert_allclose(a.objective, b.objective, rtol=1e-12)

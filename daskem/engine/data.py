@@ -36,10 +36,12 @@ class ChunkedData:
     from_memory: bool
 
     def __post_init__(self) -> None:
-        blocks = self.array.to_delayed(optimize_graph=True)
+        # optimize_graph=False: optimising drops the futures of a persisted array; the pass
+        # culls its graph when it is computed.
+        blocks = self.array.to_delayed(optimize_graph=False)
         self.chunks = list(blocks[:, 0])
         self.weight_chunks = (None if self.weights is None
-                              else list(self.weights.to_delayed(optimize_graph=True)))
+                              else list(self.weights.to_delayed(optimize_graph=False)))
         self.offsets = np.concatenate([[0], np.cumsum(self.array.chunks[0])[:-1]]).astype(int)
 
     @property

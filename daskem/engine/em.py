@@ -64,7 +64,7 @@ class GaussianFamily:
                 f"the log-likelihood became {lower_bound} at iteration {state.n_iter + 1}; "
                 "increase reg_covar or scale the input data")
         params, events = gaussian_m_step(
-            stats, kparams.means.astype(np.float64), self.covariance_type, self.reg_covar,
+            stats, kparams.shift, self.covariance_type, self.reg_covar,
             self.fixed_variance)
         previous = state.objectives[-1] if state.objectives else -np.inf
         converged = abs(lower_bound - previous) < self.tol

@@ -89,7 +89,7 @@ def gaussian_from_centers(data: ChunkedData, centers: Sequence[np.ndarray],
                                         far_capacity=len(c)) for c in centers]
     stats = evaluate(data, [kmeans_chunk_stats] * len(centers), kparams, phase="init",
                      label="clusters", split_every=split_every)
-    return [gaussian_m_step(st, kp.centers.astype(np.float64), covariance_type, reg_covar,
+    return [gaussian_m_step(st, kp.shift.astype(np.float64), covariance_type, reg_covar,
                             fixed_variance)[0] for st, kp in zip(stats, kparams, strict=True)]
 
 

@@ -23,9 +23,9 @@ from daskem.estimators.base import (
 )
 from daskem.kernels.estep import (
     GaussianKernelParams,
-    _normalise,
     gaussian_log_prob,
     gaussian_loglik_chunk,
+    responsibilities,
 )
 from daskem.kernels.gaussian import (
     COVARIANCE_TYPES,
@@ -42,24 +42,21 @@ INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")
 ASSIGNMENTS = ("soft", "hard")
 
 
-def _weighted_log_prob(x: np.ndarray, params: GaussianParams) -> np.ndarray:
-    kp = GaussianKernelParams.build(params.weights, params.means, params.precisions_cholesky,
-                                    params.covariance_type, x.dtype)
-    return gaussian_log_prob(x, kp)
+def _kernel_params(params: GaussianParams) -> GaussianKernelParams:
+    return GaussianKernelParams.build(params.weights, params.means, params.precisions_cholesky,
+                                      params.covariance_type)
 
 
 def _predict(x, params):
-    return np.argmax(_weighted_log_prob(x, params), axis=1)
+    return np.argmax(gaussian_log_prob(x, _kernel_params(params)), axis=1)
 
 
 def _predict_proba(x, params):
-    _, resp = _normalise(_weighted_log_prob(x, params).T)
-    return np.ascontiguousarray(resp.T)
+    return responsibilities(x, _kernel_params(params))[0]
 
 
 def _score_samples(x, params):
-    lse, _ = _normalise(_weighted_log_prob(x, params).T)
-    return lse
+    return responsibilities(x, _kernel_params(params))[1]
 
 
 class GaussianMixture(ParamsMixin):
@@ -273,9 +270,7 @@ class GaussianMixture(ParamsMixin):
             raise DataError(f"X has {data.n_features} features, but the model was fitted "
                             f"with {self.n_features_in_} features")
         p = self._params
-        kp = GaussianKernelParams.build(p.weights, p.means, p.precisions_cholesky,
-                                        p.covariance_type, data.dtype)
-        (ll,) = evaluate(data, [gaussian_loglik_chunk], [kp], label="score",
+        (ll,) = evaluate(data, [gaussian_loglik_chunk], [_kernel_params(p)], label="score",
                          split_every=self.split_every)
         return ll.total, ll.weight_sum, data.n_samples
 

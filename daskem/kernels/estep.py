@@ -1,14 +1,29 @@
 """The E-step of one chunk, fused with the statistics the M-step needs.
 
-A chunk is processed in blocks of rows small enough for their temporaries (a few MiB) to
-stay in cache; each block's statistics are added in float64. The data keep their dtype
-inside a block (float32 math is about twice as fast), the log-densities and everything
-summed across blocks are float64.
+A chunk is processed in blocks of rows. Every buffer a block needs is allocated once per
+chunk and reused with ``out=`` arguments: worker processes of ``distributed`` run with a
+small ``MALLOC_TRIM_THRESHOLD_``, under which every large temporary would be a fresh
+``mmap`` and a round of page faults (more than halving the speed).
 
-The per-component differences ``D[k] = x − μ_k`` are computed once per block and serve
-both the Mahalanobis terms of the E-step (``‖D[k] U_k‖²`` through the precision's
-Cholesky factor) and the shifted scatter matrices of the M-step (``(r_k D[k])ᵀ D[k]``), so
-that every heavy operation is one batched matrix product.
+Mixtures. With a common shift ``s`` (the weighted center of the current means) and
+``z = x − s``, every covariance type's log-density is linear in a feature map of ``z``::
+
+    F(z) = [ q(z), z ]        q(z) = z_i z_j for i ≤ j (full, tied), z_j² (diag),
+                                     ‖z‖² (spherical, fixed)
+    log π_k N(x | μ_k, Σ_k) = W_k · F(z) + const_k
+
+so the E-step of a block is one matrix product ``W F`` and, with ``R`` the (weighted)
+responsibilities, the statistics of every component are one matrix product ``R Fᵀ``:
+``Σ r z`` and ``Σ r q(z)`` (the upper triangle of ``Σ r z zᵀ`` for full and tied, each
+symmetric term once). This is about half the arithmetic of one product per component.
+The features are float64 whatever the data's dtype: the quadratic terms carry the digits
+the covariances need. The M-step re-centres the shifted sums on the new means; the
+rounding error this leaves is about ``eps · (|μ_k − s| / σ_k)²`` relative, 1e-10 for
+components a thousand standard deviations from ``s``.
+
+k-means. Distances are ``‖c‖² − 2 z·c`` (``‖z‖²`` does not change the arg-min) as one
+product of ``[z, 1]`` with ``[−2 cᵀ; ‖c‖²]`` in the data's dtype (float32 stays float32);
+the inertia and the centers' sums come from the exact residuals ``x − c_label``.
 """
 
 from __future__ import annotations
@@ -19,21 +34,87 @@ import numpy as np
 from scipy import sparse
 
 from daskem.kernels.gaussian import LOG_2PI, log_det_cholesky
-from daskem.kernels.stats import FarPoints, Stats, s2_shape
+from daskem.kernels.stats import Stats, s2_shape
 
-# Temporaries of one block hold about this many elements (2 MiB of float64).
-BLOCK_ELEMENTS = 1 << 18
+# A block's main buffers hold about this many elements (4 MiB of float64): measured
+# fastest on 2-core machines with 1 MiB L2 (smaller blocks pay NumPy's per-call overhead).
+BLOCK_ELEMENTS = 1 << 19
+MIN_BLOCK_ROWS = 16
+MAX_BLOCK_ROWS = 8192
 
 
 def block_rows(n_rows: int, width: int) -> int:
-    """Rows per block when each row of a block needs ``width`` temporary elements."""
-    return int(max(64, min(max(n_rows, 1), BLOCK_ELEMENTS // max(width, 1))))
+    """Rows per block when each row of a block needs ``width`` buffer elements."""
+    rows = min(MAX_BLOCK_ROWS, max(MIN_BLOCK_ROWS, BLOCK_ELEMENTS // max(width, 1)))
+    return int(max(1, min(rows, n_rows)))
 
 
 def count_nonfinite(x: np.ndarray) -> int:
+    """Number of NaN and ±inf values; a plain sum answers "none" without a mask in the
+    common case (NaN and inf propagate through it)."""
     if x.dtype.kind != "f":
         return 0
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(x.sum(dtype=np.float64)):
+            return 0
     return int(x.size - np.count_nonzero(np.isfinite(x)))
+
+
+# --------------------------------------------------------------------------- features
+
+
+def quadratic_width(covariance_type: str, n_features: int) -> int:
+    """Number of quadratic features ``q(z)`` per row."""
+    d = n_features
+    if covariance_type in ("full", "tied"):
+        return d * (d + 1) // 2
+    return d if covariance_type == "diag" else 1
+
+
+def pack_symmetric(matrices: np.ndarray) -> np.ndarray:
+    """Upper triangles (row-major, i ≤ j) of (..., d, d) matrices, shape (..., d(d+1)/2)."""
+    d = matrices.shape[-1]
+    iu, ju = np.triu_indices(d)
+    return matrices[..., iu, ju]
+
+
+def unpack_symmetric(packed: np.ndarray, n_features: int) -> np.ndarray:
+    """Inverse of :func:`pack_symmetric`."""
+    iu, ju = np.triu_indices(n_features)
+    out = np.empty(packed.shape[:-1] + (n_features, n_features))
+    out[..., iu, ju] = packed
+    out[..., ju, iu] = packed
+    return out
+
+
+def _fill_features(zt: np.ndarray, covariance_type: str, out: np.ndarray) -> None:
+    """``out`` (m × rows) ← F(z) for ``zt`` = zᵀ (d × rows), in place."""
+    d = zt.shape[0]
+    q = out.shape[0] - d
+    if covariance_type in ("full", "tied"):
+        start = 0
+        for i in range(d):
+            np.multiply(zt[i:i + 1], zt[i:], out=out[start:start + d - i])
+            start += d - i
+    elif covariance_type == "diag":
+        np.multiply(zt, zt, out=out[:d])
+    else:
+        np.einsum("db,db->b", zt, zt, out=out[0])
+    out[q:] = zt
+
+
+class _Workspace:
+    """Buffers of one chunk's blocks; views of the first ``rows`` columns or rows."""
+
+    def __init__(self, **shapes) -> None:
+        self._buffers = {name: np.empty(shape, dtype=dtype)
+                         for name, (shape, dtype) in shapes.items()}
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        try:
+            return self.__dict__["_buffers"][name]
+        except KeyError:
+            raise AttributeError(name) from None
 
 
 # --------------------------------------------------------------------------- mixtures
@@ -41,271 +122,166 @@ def count_nonfinite(x: np.ndarray) -> int:
 
 @dataclass(frozen=True)
 class GaussianKernelParams:
-    """A mixture's parameters in the form the chunk kernels use them.
-
-    ``means`` and ``prec_chol`` are in the data's dtype; ``means`` is also the shift of the
-    statistics, so the M-step reads it back (as float64) from here.
-    """
+    """A mixture's parameters in the form the chunk kernels use them (all float64)."""
 
     covariance_type: str
-    means: np.ndarray
-    prec_chol: np.ndarray
-    log_norm: np.ndarray  # (n_components,) float64: log weight + log det − d/2 log 2π
+    shift: np.ndarray  # (d,) s
+    weights_t: np.ndarray  # (K, m): W, so that log π_k N_k = W F(x − s) + const
+    const: np.ndarray  # (K,)
     hard: bool = False
     far_capacity: int = 0
 
     @classmethod
-    def build(cls, weights, means, prec_chol, covariance_type, dtype, hard=False,
+    def build(cls, weights, means, prec_chol, covariance_type, dtype=None, hard=False,
               far_capacity=0) -> GaussianKernelParams:
+        weights = np.asarray(weights, dtype=np.float64)
         means = np.asarray(means, dtype=np.float64)
         prec_chol = np.asarray(prec_chol, dtype=np.float64)
-        d = means.shape[1]
+        k, d = means.shape
+        shift = (np.average(means, axis=0, weights=weights) if weights.sum() > 0
+                 else means.mean(axis=0))
+        centred = means - shift
+        if covariance_type in ("full", "tied"):
+            chol = prec_chol if covariance_type == "full" else np.broadcast_to(prec_chol,
+                                                                               (k, d, d))
+            precision = np.einsum("kij,klj->kil", chol, chol)
+            off_diagonal = 2.0 - np.eye(d)
+            quad = pack_symmetric(precision * off_diagonal)
+            linear = np.einsum("kij,kj->ki", precision, centred)
+        elif covariance_type == "diag":
+            precision = prec_chol**2
+            quad = precision
+            linear = precision * centred
+        else:
+            precision = np.broadcast_to(prec_chol, (k,)) ** 2
+            quad = precision[:, None]
+            linear = precision[:, None] * centred
+        maha_const = np.einsum("kd,kd->k", linear, centred)
         with np.errstate(divide="ignore"):
-            log_w = np.log(np.asarray(weights, dtype=np.float64))
-        log_det = np.broadcast_to(log_det_cholesky(prec_chol, covariance_type, d),
-                                  log_w.shape)
+            log_w = np.log(weights)
+        log_det = np.broadcast_to(log_det_cholesky(prec_chol, covariance_type, d), (k,))
         return cls(
             covariance_type=covariance_type,
-            means=means.astype(dtype),
-            prec_chol=prec_chol.astype(dtype),
-            log_norm=log_w + log_det - 0.5 * d * LOG_2PI,
+            shift=shift,
+            weights_t=np.ascontiguousarray(np.hstack([-0.5 * quad, linear])),
+            const=log_w + log_det - 0.5 * d * LOG_2PI - 0.5 * maha_const,
             hard=hard,
             far_capacity=far_capacity,
         )
 
     @property
     def n_components(self) -> int:
-        return self.means.shape[0]
+        return self.weights_t.shape[0]
+
+    @property
+    def n_features(self) -> int:
+        return self.shift.shape[0]
 
 
-def _gaussian_block(xb: np.ndarray, p: GaussianKernelParams):
-    """Weighted log-densities of one block, shape (n_components, rows), and what they reuse.
-
-    Returns ``(log_prob, diff, diff_sq)``; ``diff_sq`` is the per-feature square (diag),
-    the per-row sum of squares (spherical, fixed) or ``None``.
-    """
-    diff = xb[None, :, :] - p.means[:, None, :]  # (K, b, d)
-    ctype = p.covariance_type
-    diff_sq = None
-    if ctype == "full":
-        y = np.matmul(diff, p.prec_chol)
-        maha = np.einsum("kbd,kbd->kb", y, y)
-    elif ctype == "tied":
-        k, b, d = diff.shape
-        y = (diff.reshape(k * b, d) @ p.prec_chol).reshape(k, b, d)
-        maha = np.einsum("kbd,kbd->kb", y, y)
-    elif ctype == "diag":
-        diff_sq = diff * diff
-        maha = np.matmul(diff_sq, (p.prec_chol * p.prec_chol)[:, :, None])[:, :, 0]
-    else:  # spherical, fixed
-        diff_sq = np.einsum("kbd,kbd->kb", diff, diff)
-        maha = diff_sq * (p.prec_chol * p.prec_chol)[:, None]
-    log_prob = p.log_norm[:, None] - 0.5 * maha.astype(np.float64)
-    return log_prob, diff, diff_sq
+def _mixture_workspace(n_rows: int, d: int, m: int, k: int):
+    rows = block_rows(n_rows, m + 2 * k + d)
+    return rows, _Workspace(zt=((d, rows), np.float64), features=((m, rows), np.float64),
+                            log_prob=((k, rows), np.float64), gram=((k, m), np.float64))
 
 
-def _normalise(log_prob: np.ndarray):
-    """log-sum-exp over components (axis 0) and the responsibilities, sharing one exp."""
+def _mixture_log_prob(xb: np.ndarray, p: GaussianKernelParams, ws) -> tuple:
+    """Features and log π_k N(x | μ_k, Σ_k) of one block: views (m × b) and (K × b)."""
+    b = xb.shape[0]
+    zt = ws.zt[:, :b]
+    np.subtract(xb.T, p.shift[:, None], out=zt)
+    features = ws.features[:, :b]
+    _fill_features(zt, p.covariance_type, features)
+    log_prob = ws.log_prob[:, :b]
+    np.matmul(p.weights_t, features, out=log_prob)
+    log_prob += p.const[:, None]
+    return features, log_prob
+
+
+def _normalise_in_place(log_prob: np.ndarray) -> np.ndarray:
+    """Turn (K × b) log-probabilities into responsibilities in place; return log-sum-exp."""
     top = log_prob.max(axis=0)
-    # A row that no component can explain (all −inf) keeps −inf and zero responsibility.
-    safe_top = np.where(np.isfinite(top), top, 0.0)
-    e = np.exp(log_prob - safe_top)
-    total = e.sum(axis=0)
+    # A row no component can explain (all −inf) keeps −inf and zero responsibility.
+    top[~np.isfinite(top)] = 0.0
+    log_prob -= top
+    np.exp(log_prob, out=log_prob)
+    total = log_prob.sum(axis=0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        lse = np.log(total) + safe_top
-        resp = e / total
-    return lse, resp
+        log_prob /= total
+        return np.log(total) + top
+
+
+def _logsumexp_rows(log_prob: np.ndarray) -> np.ndarray:
+    """log-sum-exp over components (axis 0) without touching ``log_prob``."""
+    top = log_prob.max(axis=0)
+    top[~np.isfinite(top)] = 0.0
+    with np.errstate(divide="ignore"):
+        return np.log(np.exp(log_prob - top).sum(axis=0)) + top
+
+
+def _add_mixture_stats(stats: Stats, resp: np.ndarray, features: np.ndarray, d: int,
+                       gram: np.ndarray, covariance_type: str) -> None:
+    """``stats`` += nk, Σ r z and Σ r q(z) of a block, from responsibilities (K × b)."""
+    np.matmul(resp, features.T, out=gram)
+    q = gram.shape[1] - d
+    stats.nk += resp.sum(axis=1)
+    stats.s1 += gram[:, q:]
+    if covariance_type == "spherical":
+        stats.s2 += gram[:, 0]
+    elif covariance_type != "fixed":
+        stats.s2 += gram[:, :q]
 
 
 def gaussian_log_prob(x: np.ndarray, p: GaussianKernelParams) -> np.ndarray:
     """log(π_k N(x | μ_k, Σ_k)) for every row, shape (n_samples, n_components), float64."""
     n, d = x.shape
-    out = np.empty((n, p.n_components))
-    step = block_rows(n, p.n_components * d)
-    for start in range(0, n, step):
-        log_prob, _, _ = _gaussian_block(x[start:start + step], p)
-        out[start:start + step] = log_prob.T
+    k = p.n_components
+    out = np.empty((n, k))
+    rows, ws = _mixture_workspace(n, d, p.weights_t.shape[1], k)
+    for start in range(0, n, rows):
+        _, log_prob = _mixture_log_prob(x[start:start + rows], p, ws)
+        out[start:start + rows] = log_prob.T
     return out
 
 
 def gaussian_chunk_stats(x: np.ndarray, w: np.ndarray | None, offset: int,
                          p: GaussianKernelParams) -> Stats:
-    """E-step over one chunk and the mixture's statistics, shifted by the current means."""
+    """E-step over one chunk and the mixture's statistics, shifted by ``p.shift``."""
     n, d = x.shape
     k = p.n_components
     ctype = p.covariance_type
     stats = Stats.zeros(k, d, s2_shape(ctype, k, d), p.far_capacity)
     stats.n_samples = n
     stats.n_nonfinite = count_nonfinite(x)
-    step = block_rows(n, k * d)
-    for start in range(0, n, step):
-        xb = x[start:start + step]
-        wb = None if w is None else w[start:start + step]
-        log_prob, diff, diff_sq = _gaussian_block(xb, p)
-        lse, resp = _normalise(log_prob)
+    rows, ws = _mixture_workspace(n, d, p.weights_t.shape[1], k)
+    for start in range(0, n, rows):
+        xb = x[start:start + rows]
+        b = xb.shape[0]
+        wb = None if w is None else np.asarray(w[start:start + rows], dtype=np.float64)
+        features, log_prob = _mixture_log_prob(xb, p, ws)
         if p.hard:
             labels = np.argmax(log_prob, axis=0)
             # Classification EM: the objective is the complete-data log-likelihood.
-            per_row = log_prob[labels, np.arange(labels.shape[0])]
-            resp = np.zeros_like(resp)
-            resp[labels, np.arange(labels.shape[0])] = 1.0
+            per_row = log_prob[labels, np.arange(b)]
+            lse = _logsumexp_rows(log_prob)
+            log_prob[...] = 0.0
+            log_prob[labels, np.arange(b)] = 1.0
         else:
+            lse = _normalise_in_place(log_prob)
             per_row = lse
             labels = None
-        if wb is not None:
-            resp = resp * wb
+        resp = log_prob
+        if wb is None:
+            stats.objective += float(per_row.sum())
+            stats.weight_sum += float(b)
+        else:
+            resp *= wb
             stats.objective += float(per_row @ wb)
             stats.weight_sum += float(wb.sum())
-        else:
-            stats.objective += float(per_row.sum())
-            stats.weight_sum += float(per_row.shape[0])
-        stats.nk += resp.sum(axis=1)
-        r = resp.astype(x.dtype, copy=False)
-        stats.s1 += np.matmul(r[:, None, :], diff)[:, 0, :]
-        if ctype == "full":
-            stats.s2 += np.matmul((diff * r[:, :, None]).transpose(0, 2, 1), diff)
-        elif ctype == "tied":
-            flat = diff.reshape(-1, d)
-            stats.s2 += (diff * r[:, :, None]).reshape(-1, d).T @ flat
-        elif ctype == "diag":
-            stats.s2 += np.matmul(r[:, None, :], diff_sq)[:, 0, :]
-        elif ctype == "spherical":
-            stats.s2 += np.einsum("kb,kb->k", r, diff_sq)
+        _add_mixture_stats(stats, resp, features, d, ws.gram, ctype)
         if p.far_capacity:
             if labels is None:
-                labels = np.argmax(log_prob, axis=0)
-            block_far = FarPoints.from_block(-per_row, xb, labels, wb, offset + start,
-                                             p.far_capacity)
-            stats.far = stats.far.merge(block_far)
-    return stats
-
-
-# --------------------------------------------------------------------------- k-means
-
-
-@dataclass(frozen=True)
-class KMeansKernelParams:
-    """k-means centers in the form the chunk kernels use them.
-
-    Distances are computed as ``‖c‖² − 2 x·c`` (``‖x‖²`` does not change the arg-min)
-    after subtracting a common ``shift`` from data and centers, which keeps the
-    expansion accurate for data far from the origin. ``covariance_type`` asks for the
-    scatter statistics of the hard clusters as well (to initialise a mixture).
-    """
-
-    centers: np.ndarray  # (K, d) in the data's dtype: also the statistics' shift
-    shift: np.ndarray  # (d,)
-    centers_shifted: np.ndarray  # (K, d)
-    centers_sq: np.ndarray  # (K,)
-    covariance_type: str | None = None
-    far_capacity: int = 0
-
-    @classmethod
-    def build(cls, centers, dtype, covariance_type=None, far_capacity=0) -> KMeansKernelParams:
-        centers = np.asarray(centers, dtype=np.float64)
-        shift = centers.mean(axis=0)
-        shifted = (centers.astype(dtype).astype(np.float64) - shift.astype(dtype))
-        return cls(
-            centers=centers.astype(dtype),
-            shift=shift.astype(dtype),
-            centers_shifted=shifted.astype(dtype),
-            centers_sq=np.einsum("kd,kd->k", shifted, shifted).astype(dtype),
-            covariance_type=covariance_type,
-            far_capacity=far_capacity,
-        )
-
-    @property
-    def n_clusters(self) -> int:
-        return self.centers.shape[0]
-
-
-def _kmeans_block_scores(xb: np.ndarray, p: KMeansKernelParams) -> np.ndarray:
-    """``‖c_k‖² − 2 x·c_k`` (shifted), shape (rows, n_clusters): arg-min is the label."""
-    scores = (xb - p.shift) @ p.centers_shifted.T
-    scores *= -2
-    scores += p.centers_sq
-    return scores
-
-
-def kmeans_labels(x: np.ndarray, p: KMeansKernelParams) -> np.ndarray:
-    n, d = x.shape
-    out = np.empty(n, dtype=np.int64)
-    step = block_rows(n, max(p.n_clusters, d))
-    for start in range(0, n, step):
-        out[start:start + step] = np.argmin(_kmeans_block_scores(x[start:start + step], p),
-                                            axis=1)
-    return out
-
-
-def squared_distances(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
-    """‖x − c_k‖² for every row and center, shape (n_samples, n_clusters), float64.
-
-    Used for ``transform`` and seeding; clipped at zero where rounding made it negative.
-    """
-    x = np.asarray(x)
-    centers = np.asarray(centers, dtype=np.float64)
-    shift = centers.mean(axis=0) if len(centers) else np.zeros(x.shape[1])
-    xs = x.astype(np.float64) - shift
-    cs = centers - shift
-    out = np.einsum("ij,ij->i", xs, xs)[:, None] - 2.0 * (xs @ cs.T) + np.einsum(
-        "kd,kd->k", cs, cs)[None, :]
-    return np.maximum(out, 0.0)
-
-
-def _group_sums(labels: np.ndarray, values: np.ndarray, n_groups: int) -> np.ndarray:
-    """Σ of ``values`` rows per label, shape (n_groups, ...), in float64 (a sparse product)."""
-    b = labels.shape[0]
-    onehot = sparse.csr_matrix(
-        (np.ones(b, dtype=values.dtype), labels, np.arange(b + 1)), shape=(b, n_groups))
-    flat = values.reshape(b, -1)
-    return np.asarray((onehot.T @ flat), dtype=np.float64).reshape((n_groups,) + values.shape[1:])
-
-
-def kmeans_chunk_stats(x: np.ndarray, w: np.ndarray | None, offset: int,
-                       p: KMeansKernelParams) -> Stats:
-    """Assignment to the nearest center and the k-means statistics of one chunk.
-
-    ``s1`` is shifted by the assigned center, and the inertia is summed from the explicit
-    residuals ``x − c_label`` rather than from the distance expansion, so it is exact to
-    rounding.
-    """
-    n, d = x.shape
-    k = p.n_clusters
-    ctype = p.covariance_type
-    stats = Stats.zeros(k, d, s2_shape(ctype, k, d), p.far_capacity)
-    stats.n_samples = n
-    stats.n_nonfinite = count_nonfinite(x)
-    step = block_rows(n, max(k, d))
-    for start in range(0, n, step):
-        xb = x[start:start + step]
-        wb = None if w is None else np.asarray(w[start:start + step])
-        labels = np.argmin(_kmeans_block_scores(xb, p), axis=1)
-        resid = xb - p.centers[labels]
-        dist_sq = np.einsum("ij,ij->i", resid, resid).astype(np.float64)
-        if wb is None:
-            stats.nk += np.bincount(labels, minlength=k)
-            stats.objective += float(dist_sq.sum())
-            stats.weight_sum += float(labels.shape[0])
-            weighted = resid
-        else:
-            stats.nk += np.bincount(labels, weights=wb, minlength=k)
-            stats.objective += float(dist_sq @ wb)
-            stats.weight_sum += float(wb.sum())
-            weighted = resid * wb.astype(x.dtype)[:, None]
-        stats.s1 += _group_sums(labels, weighted, k)
-        if ctype == "full":
-            stats.s2 += _group_sums(labels, weighted[:, :, None] * resid[:, None, :], k)
-        elif ctype == "tied":
-            stats.s2 += weighted.T.astype(np.float64) @ resid
-        elif ctype == "diag":
-            stats.s2 += _group_sums(labels, weighted * resid, k)
-        elif ctype == "spherical":
-            w_dist = dist_sq if wb is None else dist_sq * wb
-            stats.s2 += np.bincount(labels, weights=w_dist, minlength=k)
-        if p.far_capacity:
-            block_far = FarPoints.from_block(dist_sq, xb, labels, wb, offset + start,
-                                             p.far_capacity)
-            stats.far = stats.far.merge(block_far)
+                labels = np.argmax(resp, axis=0)
+            stats.far = stats.far.merge_block(-lse, xb, labels, wb, offset + start)
     return stats
 
 
@@ -324,7 +300,149 @@ class LogLikelihood:
 
 def gaussian_loglik_chunk(x: np.ndarray, w: np.ndarray | None, offset: int,
                           p: GaussianKernelParams) -> LogLikelihood:
-    lse, _ = _normalise(gaussian_log_prob(x, p).T)
+    lse = _logsumexp_rows(gaussian_log_prob(x, p).T)
     weight = float(x.shape[0]) if w is None else float(np.sum(w))
     total = float(lse.sum()) if w is None else float(lse @ w)
     return LogLikelihood(total, weight, count_nonfinite(x))
+
+
+def responsibilities(x: np.ndarray, p: GaussianKernelParams) -> tuple:
+    """(responsibilities (n, K), log p(x) (n,)) of every row."""
+    log_prob = gaussian_log_prob(x, p).T.copy()
+    lse = _normalise_in_place(log_prob)
+    return np.ascontiguousarray(log_prob.T), lse
+
+
+# --------------------------------------------------------------------------- k-means
+
+
+@dataclass(frozen=True)
+class KMeansKernelParams:
+    """k-means centers in the form the chunk kernels use them.
+
+    ``covariance_type`` asks, instead of the k-means statistics, for a mixture's
+    statistics of the hard clusters (used to initialise a mixture from centers).
+    """
+
+    centers: np.ndarray  # (K, d) in the data's dtype: also the statistics' shift
+    shift: np.ndarray  # (d,) in the data's dtype
+    scorer: np.ndarray  # (d + 1, K): [−2 (c − s)ᵀ; ‖c − s‖²]
+    covariance_type: str | None = None
+    far_capacity: int = 0
+
+    @classmethod
+    def build(cls, centers, dtype, covariance_type=None, far_capacity=0) -> KMeansKernelParams:
+        centers = np.asarray(centers, dtype=np.float64)
+        shift = centers.mean(axis=0).astype(dtype)
+        shifted = centers.astype(dtype).astype(np.float64) - shift
+        scorer = np.vstack([-2.0 * shifted.T, np.einsum("kd,kd->k", shifted, shifted)])
+        return cls(
+            centers=centers.astype(dtype),
+            shift=shift,
+            scorer=np.ascontiguousarray(scorer.astype(dtype)),
+            covariance_type=covariance_type,
+            far_capacity=far_capacity,
+        )
+
+    @property
+    def n_clusters(self) -> int:
+        return self.centers.shape[0]
+
+
+def _kmeans_workspace(n_rows: int, d: int, k: int, dtype):
+    rows = block_rows(n_rows, 2 * d + k + 1)
+    ws = _Workspace(augmented=((rows, d + 1), dtype), scores=((rows, k), dtype),
+                    resid=((rows, d), dtype))
+    ws.augmented[:, d] = 1.0
+    return rows, ws
+
+
+def _kmeans_labels_block(xb: np.ndarray, p: KMeansKernelParams, ws) -> np.ndarray:
+    b, d = xb.shape
+    augmented = ws.augmented[:b]
+    np.subtract(xb, p.shift, out=augmented[:, :d])
+    scores = ws.scores[:b]
+    np.matmul(augmented, p.scorer, out=scores)
+    return scores.argmin(axis=1)
+
+
+def kmeans_labels(x: np.ndarray, p: KMeansKernelParams) -> np.ndarray:
+    n, d = x.shape
+    out = np.empty(n, dtype=np.int64)
+    rows, ws = _kmeans_workspace(n, d, p.n_clusters, p.centers.dtype)
+    for start in range(0, n, rows):
+        out[start:start + rows] = _kmeans_labels_block(x[start:start + rows], p, ws)
+    return out
+
+
+def squared_distances(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """‖x − c_k‖² for every row and center, shape (n_samples, n_clusters), float64.
+
+    Used for ``transform`` and seeding; clipped at zero where rounding made it negative.
+    """
+    centers = np.asarray(centers, dtype=np.float64)
+    shift = centers.mean(axis=0) if len(centers) else np.zeros(x.shape[1])
+    xs = np.asarray(x, dtype=np.float64) - shift
+    cs = centers - shift
+    out = xs @ cs.T
+    out *= -2.0
+    out += np.einsum("ij,ij->i", xs, xs)[:, None]
+    out += np.einsum("kd,kd->k", cs, cs)[None, :]
+    return np.maximum(out, 0.0, out=out)
+
+
+def _onehot(labels: np.ndarray, n_groups: int, weights: np.ndarray | None, dtype):
+    """Sparse (rows × groups) indicator of ``labels``, with ``weights`` as its values."""
+    b = labels.shape[0]
+    values = np.ones(b, dtype=dtype) if weights is None else weights.astype(dtype)
+    return sparse.csr_matrix((values, labels, np.arange(b + 1)), shape=(b, n_groups))
+
+
+def kmeans_chunk_stats(x: np.ndarray, w: np.ndarray | None, offset: int,
+                       p: KMeansKernelParams) -> Stats:
+    """Assignment to the nearest center and the statistics of one chunk.
+
+    k-means statistics: ``s1`` is shifted by the assigned center, and the inertia is
+    summed from the explicit residuals ``x − c_label`` (exact to rounding). With
+    ``p.covariance_type``, a mixture's statistics of the hard clusters instead, shifted
+    by ``p.shift`` as in :func:`gaussian_chunk_stats`.
+    """
+    n, d = x.shape
+    k = p.n_clusters
+    ctype = p.covariance_type
+    stats = Stats.zeros(k, d, s2_shape(ctype, k, d), p.far_capacity)
+    stats.n_samples = n
+    stats.n_nonfinite = count_nonfinite(x)
+    rows, ws = _kmeans_workspace(n, d, k, x.dtype)
+    if ctype is not None:
+        m = quadratic_width(ctype, d) + d
+        mix_rows, mix_ws = _mixture_workspace(rows, d, m, k)
+        shift64 = p.shift.astype(np.float64)
+    for start in range(0, n, rows):
+        xb = x[start:start + rows]
+        b = xb.shape[0]
+        wb = None if w is None else np.asarray(w[start:start + rows], dtype=np.float64)
+        labels = _kmeans_labels_block(xb, p, ws)
+        resid = ws.resid[:b]
+        # mode="clip": with out=, the default mode copies through a buffer (4x slower).
+        np.take(p.centers, labels, axis=0, out=resid, mode="clip")
+        np.subtract(xb, resid, out=resid)
+        dist_sq = np.einsum("ij,ij->i", resid, resid).astype(np.float64)
+        stats.weight_sum += float(b) if wb is None else float(wb.sum())
+        stats.objective += float(dist_sq.sum()) if wb is None else float(dist_sq @ wb)
+        onehot = _onehot(labels, k, wb, x.dtype)
+        if ctype is None:
+            stats.nk += np.bincount(labels, weights=wb, minlength=k)
+            stats.s1 += np.asarray(onehot.T @ resid, dtype=np.float64)
+        else:
+            for sub in range(0, b, mix_rows):
+                sl = slice(sub, sub + mix_rows)
+                zt = mix_ws.zt[:, :xb[sl].shape[0]]
+                np.subtract(xb[sl].T, shift64[:, None], out=zt)
+                features = mix_ws.features[:, :zt.shape[1]]
+                _fill_features(zt, ctype, features)
+                resp = onehot[sl].T.toarray().astype(np.float64)
+                _add_mixture_stats(stats, resp, features, d, mix_ws.gram, ctype)
+        if p.far_capacity:
+            stats.far = stats.far.merge_block(dist_sq, xb, labels, wb, offset + start)
+    return stats

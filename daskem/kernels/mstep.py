@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from daskem.kernels.estep import unpack_symmetric
 from daskem.kernels.gaussian import compute_precision_cholesky
 from daskem.kernels.stats import Stats
 
@@ -75,19 +76,20 @@ def kmeans_m_step(stats: Stats, shift: np.ndarray) -> tuple[np.ndarray, list[Res
 
 def _covariances(stats: Stats, nk: np.ndarray, delta: np.ndarray, covariance_type: str,
                  reg_covar: float) -> np.ndarray:
-    """Covariances around the new means from statistics shifted by the old means.
+    """Covariances around the new means from shifted statistics.
 
     With ``delta = s1 / nk`` (new mean − shift): Σ r (x−μ)(x−μ)ᵀ = s2 − nk δδᵀ.
     """
     d = delta.shape[1]
     if covariance_type == "full":
-        cov = stats.s2 / nk[:, None, None] - delta[:, :, None] * delta[:, None, :]
-        cov = 0.5 * (cov + cov.transpose(0, 2, 1))
+        cov = unpack_symmetric(stats.s2, d) / nk[:, None, None]
+        cov -= delta[:, :, None] * delta[:, None, :]
         cov[:, np.arange(d), np.arange(d)] += reg_covar
         return cov
     if covariance_type == "tied":
-        cov = (stats.s2 - np.einsum("k,ki,kj->ij", nk, delta, delta)) / nk.sum()
-        cov = 0.5 * (cov + cov.T)
+        cov = unpack_symmetric(stats.s2.sum(axis=0), d)
+        cov -= np.einsum("k,ki,kj->ij", nk, delta, delta)
+        cov /= nk.sum()
         cov.flat[:: d + 1] += reg_covar
         return cov
     if covariance_type == "diag":
@@ -98,7 +100,7 @@ def _covariances(stats: Stats, nk: np.ndarray, delta: np.ndarray, covariance_typ
 
 def gaussian_m_step(stats: Stats, shift: np.ndarray, covariance_type: str, reg_covar: float,
                     fixed_variance: float = 1.0) -> tuple[GaussianParams, list[Reseed]]:
-    """New mixture parameters from statistics shifted by ``shift`` (the old means).
+    """New mixture parameters from statistics shifted by ``shift``, of shape (d,) or (K, d).
 
     As in scikit-learn, ``10·eps`` is added to every component's mass so that an empty
     component does not divide by zero, the weights are normalised, and ``reg_covar`` is

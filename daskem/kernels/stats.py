@@ -1,13 +1,15 @@
 """Sufficient statistics of one chunk, and how two of them merge.
 
 Statistics of component k, with ``r`` the responsibility (or 0/1 for k-means) times the
-sample weight, and ``c_k`` a shift known to every chunk (the current mean of k)::
+sample weight, and ``c`` a shift known to every chunk (for mixtures one point ``s`` near
+the current means, for k-means each cluster's current center)::
 
-    nk = Σ r          s1 = Σ r (x − c_k)          s2 = Σ r (x − c_k)(x − c_k)ᵀ
+    nk = Σ r          s1 = Σ r (x − c)          s2 = Σ r (x − c)(x − c)ᵀ
 
-``s2`` is the full matrix (full), the sum of the full matrices over components (tied), its
-diagonal (diag), its trace (spherical) or absent (fixed, k-means). Summing shifted values
-keeps ``s2/nk − (s1/nk)(s1/nk)ᵀ`` accurate for data far from the origin. Everything is
+``s2`` is kept as the upper triangle, row-major, of the matrix (full, and tied, which sums
+it over components in the M-step), its diagonal (diag), its trace (spherical) or absent
+(fixed, k-means). Summing shifted values keeps ``s2/nk − (s1/nk)(s1/nk)ᵀ`` accurate for
+data far from the origin. Everything is
 float64, whatever the data's dtype. Merging is addition, except for the far points, of
 which the ``capacity`` farthest are kept (ties broken by global row index), so the merge is
 associative and commutative and the result does not depend on the reduction's shape.
@@ -66,6 +68,22 @@ class FarPoints:
             weight=w,
             capacity=capacity,
         )
+
+    def merge_block(self, score, x, label, weight, offset: int) -> FarPoints:
+        """Merge the rows of a block, looking only at those that can enter the kept set."""
+        if self.capacity <= 0:
+            return self
+        if len(self.score) >= self.capacity:
+            floor = self.score[-1]  # the smallest kept score (kept in decreasing order)
+            rows = np.flatnonzero(score >= floor)
+            if rows.size == 0:
+                return self
+            w = None if weight is None else weight[rows]
+            block = FarPoints.from_block(score[rows], x[rows], label[rows], w, 0,
+                                         self.capacity)
+            block.index = rows[block.index] + offset
+            return self.merge(block)
+        return self.merge(FarPoints.from_block(score, x, label, weight, offset, self.capacity))
 
     def merge(self, other: FarPoints) -> FarPoints:
         score = np.concatenate([self.score, other.score])
@@ -131,9 +149,10 @@ def s2_shape(covariance_type: str | None, n_components: int, n_features: int) ->
     """Shape of ``Stats.s2`` for a covariance type (``None``: k-means or fixed variance)."""
     if covariance_type is None or covariance_type == "fixed":
         return None
+    packed = n_features * (n_features + 1) // 2
     return {
-        "full": (n_components, n_features, n_features),
-        "tied": (n_features, n_features),
+        "full": (n_components, packed),
+        "tied": (n_components, packed),
         "diag": (n_components, n_features),
         "spherical": (n_components,),
     }[covariance_type]
