@@ -144,15 +144,17 @@ class GaussianMixture(ParamsMixin):
                                      "'fixed'; set fixed_variance instead")
             shape = covariance_shape(ctype, k, n_features)
             prec = check_array_shape("precisions_init", self.precisions_init, shape)
+            if ctype not in ("full", "tied") and np.any(prec <= 0):
+                raise ParameterError(f"'precisions_init' of covariance_type={ctype!r} must be "
+                                     "positive")
+            if ctype in ("full", "tied") and not np.allclose(prec, np.swapaxes(prec, -1, -2)):
+                raise ParameterError(f"'precisions_init' of covariance_type={ctype!r} must be "
+                                     "symmetric, positive-definite")
             try:
                 out["prec_chol"] = precision_cholesky_from_precisions(prec, ctype)
             except np.linalg.LinAlgError:
                 raise ParameterError(f"'precisions_init' of covariance_type={ctype!r} must be "
                                      "symmetric, positive-definite") from None
-            if not np.all(np.isfinite(out["prec_chol"])) or (
-                    ctype not in ("full", "tied") and np.any(prec <= 0)):
-                raise ParameterError(f"'precisions_init' of covariance_type={ctype!r} must be "
-                                     "positive")
         return out
 
     # ------------------------------------------------------------------ fit

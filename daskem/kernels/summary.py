@@ -43,10 +43,12 @@ class Summary:
         elif other.n_samples == 0:
             mean, m2 = self.mean, self.m2
         else:
-            # Chan et al.'s pairwise update: exact for any split of the rows.
-            delta = other.mean - self.mean
-            mean = self.mean + delta * (other.n_samples / n)
-            m2 = self.m2 + other.m2 + delta**2 * (self.n_samples * other.n_samples / n)
+            # Chan et al.'s pairwise update: exact for any split of the rows. Non-finite
+            # data make NaN here; they are reported from n_nonfinite, not from these.
+            with np.errstate(invalid="ignore", over="ignore"):
+                delta = other.mean - self.mean
+                mean = self.mean + delta * (other.n_samples / n)
+                m2 = self.m2 + other.m2 + delta**2 * (self.n_samples * other.n_samples / n)
         index = np.concatenate([self.sample_index, other.sample_index])
         order = np.argsort(index, kind="stable")
         return Summary(
@@ -81,8 +83,9 @@ def summarise_chunk(x: np.ndarray, w: np.ndarray | None, offset: int,
     if n_nonfinite:
         first_nonfinite = offset + int(np.flatnonzero(~finite.all(axis=1))[0])
     xf = np.asarray(x, dtype=np.float64)
-    mean = xf.mean(axis=0) if n else np.zeros(d)
-    m2 = ((xf - mean) ** 2).sum(axis=0) if n else np.zeros(d)
+    with np.errstate(invalid="ignore", over="ignore"):  # non-finite data are reported
+        mean = xf.mean(axis=0) if n else np.zeros(d)
+        m2 = ((xf - mean) ** 2).sum(axis=0) if n else np.zeros(d)
     if w is None:
         w = np.ones(n)
         n_bad, first_bad = 0, -1
