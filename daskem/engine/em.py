@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 import numpy as np
 
@@ -167,3 +168,48 @@ def run_em(
         n_pass += 1
         if callback is not None:
             callback(n_pass, states)
+
+
+class Checkpointer(Protocol):
+    """Where a resumable fit keeps its states (see :class:`daskem.store.RunStore`)."""
+
+    def load(self) -> list[EMState] | None:
+        """The newest complete states, or ``None`` to start from the beginning."""
+
+    def save(self, states: list[EMState]) -> None:
+        """Keep ``states``; called after initialisation and after every pass."""
+
+
+def fit_states(
+    data: ChunkedData,
+    families: Sequence,
+    make_initial: Callable[[], list[EMState]],
+    *,
+    max_iter: int,
+    split_every: int = DEFAULT_SPLIT_EVERY,
+    checkpoint: Checkpointer | None = None,
+    callback: Callable[[int, list[EMState]], None] | None = None,
+) -> list[EMState]:
+    """Initialise (or resume from ``checkpoint``) and iterate to the end.
+
+    The initial states are saved before the first iteration and the states after every
+    pass, so a fit killed at any moment resumes from its newest complete checkpoint and,
+    every step being deterministic, ends with the parameters of an uninterrupted fit.
+    """
+    states = checkpoint.load() if checkpoint is not None else None
+    if states is None:
+        states = make_initial()
+        if checkpoint is not None:
+            checkpoint.save(states)
+    elif len(states) != len(families):
+        raise ValueError(f"the checkpoint holds {len(states)} models, the fit has "
+                         f"{len(families)}")
+
+    def after_pass(n_pass: int, current: list[EMState]) -> None:
+        if checkpoint is not None:
+            checkpoint.save(current)
+        if callback is not None:
+            callback(n_pass, current)
+
+    return run_em(data, families, states, max_iter=max_iter, split_every=split_every,
+                  callback=after_pass)

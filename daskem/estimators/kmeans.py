@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 
 from daskem.engine.data import as_chunked
-from daskem.engine.em import EMState, KMeansFamily, evaluate, run_em
+from daskem.engine.em import EMState, KMeansFamily, evaluate, fit_states
 from daskem.engine.reduce import DEFAULT_SPLIT_EVERY
 from daskem.engine.seeding import kmeans_centers
 from daskem.errors import ClusterPolicyWarning, ConvergenceWarning, ParameterError
@@ -70,6 +70,7 @@ class KMeans(ParamsMixin):
     reported with a :class:`~daskem.errors.ClusterPolicyWarning`.
 
     For a Dask input, ``labels_`` and every per-sample result are lazy Dask arrays.
+    ``inertia_history_`` holds the inertia of the centers each iteration started from.
     """
 
     def __init__(self, n_clusters=8, *, init="k-means||", n_init="auto", max_iter=300,
@@ -109,38 +110,41 @@ class KMeans(ParamsMixin):
             return 1
         return n_init
 
-    def fit(self, X, y=None, sample_weight=None):
-        """Compute k-means clustering of ``X`` (n_samples, n_features)."""
+    def fit(self, X, y=None, sample_weight=None, *, checkpoint=None, callback=None):
+        """Compute k-means clustering of ``X`` (n_samples, n_features).
+
+        ``checkpoint`` (a :class:`~daskem.engine.em.Checkpointer`, such as a run store)
+        makes the fit resumable; ``callback(n_pass, states)`` is called after every pass.
+        """
         n_init = self._check_params()
         rng = master_rng(self.random_state)
         data, summary = start_fit(X, sample_weight, n_components=self.n_clusters,
                                   what="n_clusters", chunk_rows=self.chunk_rows,
                                   sample_size=self.sample_size, rng=rng,
                                   split_every=self.split_every)
-        tol = self.tol * float(np.mean(summary.variance))
-        if isinstance(self.init, str):
-            seeds = spawn_seeds(rng, n_init)
-            centers = kmeans_centers(data, summary, self.n_clusters, seeds, self.init,
-                                     split_every=self.split_every)
-        else:
-            centers = [check_array_shape("init", self.init,
-                                         (self.n_clusters, data.n_features))]
-        family = KMeansFamily(tol)
-        states = run_em(data, [family] * len(centers), [EMState(c) for c in centers],
-                        max_iter=self.max_iter, split_every=self.split_every,
-                        callback=self._report if self.verbose else None)
+        family = KMeansFamily(self.tol * float(np.mean(summary.variance)))
+        n_models = 1 if not isinstance(self.init, str) else n_init
+
+        def initial():
+            if isinstance(self.init, str):
+                seeds = spawn_seeds(rng, n_init)
+                centers = kmeans_centers(data, summary, self.n_clusters, seeds, self.init,
+                                         split_every=self.split_every)
+            else:
+                centers = [check_array_shape("init", self.init,
+                                             (self.n_clusters, data.n_features))]
+            return [EMState(c) for c in centers]
+
+        states = fit_states(data, [family] * n_models, initial, max_iter=self.max_iter,
+                            split_every=self.split_every, checkpoint=checkpoint,
+                            callback=callback or (self._report if self.verbose else None))
         # The inertia of the final centers: one more E-step pass, for every restart.
         kparams = [family.kernel_params(s.params, data.dtype, far=False) for s in states]
         final = evaluate(data, [family.kernel] * len(states), kparams, label="final",
                          split_every=self.split_every)
         best = int(np.argmin([st.objective for st in final]))
         state = states[best]
-        self.cluster_centers_ = np.asarray(state.params)
-        self.inertia_ = float(final[best].objective)
-        self.n_iter_ = state.n_iter
-        self.converged_ = state.converged
-        self.n_features_in_ = data.n_features
-        self.reseeds_ = list(state.events)
+        self._set_state(state, float(final[best].objective), data.n_features)
         self.labels_ = self.predict(X)
         if state.events:
             warnings.warn(f"{len(state.events)} empty cluster(s) were moved onto the farthest "
@@ -152,6 +156,15 @@ class KMeans(ParamsMixin):
                           f"n_clusters ({self.n_clusters}). Possibly due to duplicate points "
                           "in X.", ConvergenceWarning, stacklevel=2)
         return self
+
+    def _set_state(self, state: EMState, inertia: float, n_features: int) -> None:
+        self.cluster_centers_ = np.asarray(state.params)
+        self.inertia_ = inertia
+        self.inertia_history_ = list(state.objectives)
+        self.n_iter_ = state.n_iter
+        self.converged_ = state.converged
+        self.n_features_in_ = n_features
+        self.reseeds_ = list(state.events)
 
     def _report(self, n_pass: int, states) -> None:
         inertia = min(s.objectives[-1] for s in states if s.objectives)

@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 
 from daskem.engine.data import as_chunked
-from daskem.engine.em import EMState, GaussianFamily, evaluate, run_em
+from daskem.engine.em import EMState, GaussianFamily, evaluate, fit_states
 from daskem.engine.reduce import DEFAULT_SPLIT_EVERY
 from daskem.engine.seeding import initial_gaussians
 from daskem.errors import ClusterPolicyWarning, ConvergenceWarning, DataError, ParameterError
@@ -159,8 +159,12 @@ class GaussianMixture(ParamsMixin):
 
     # ------------------------------------------------------------------ fit
 
-    def fit(self, X, y=None, sample_weight=None):
-        """Estimate the parameters by EM (``n_init`` restarts run side by side)."""
+    def fit(self, X, y=None, sample_weight=None, *, checkpoint=None, callback=None):
+        """Estimate the parameters by EM (``n_init`` restarts run side by side).
+
+        ``checkpoint`` (a :class:`~daskem.engine.em.Checkpointer`, such as a run store)
+        makes the fit resumable; ``callback(n_pass, states)`` is called after every pass.
+        """
         self._check_params()
         rng = master_rng(self.random_state)
         data, summary = start_fit(X, sample_weight, n_components=self.n_components,
@@ -168,21 +172,23 @@ class GaussianMixture(ParamsMixin):
                                   sample_size=self.sample_size, rng=rng,
                                   split_every=self.split_every)
         user = self._user_init(data.n_features)
-        seeds = spawn_seeds(rng, self.n_init)
-        if len(user) == 3 or (self.covariance_type == "fixed" and len(user) == 2):
-            initial = [self._from_user(user, None)] * len(seeds)
-        else:
+
+        def initial():
+            seeds = spawn_seeds(rng, self.n_init)
+            if len(user) == 3 or (self.covariance_type == "fixed" and len(user) == 2):
+                return [EMState(self._from_user(user, None))] * len(seeds)
             computed = initial_gaussians(
                 data, summary, self.n_components, self.covariance_type, self.init_params,
                 seeds, reg_covar=self.reg_covar, fixed_variance=self.fixed_variance,
                 split_every=self.split_every)
-            initial = [self._from_user(user, p) for p in computed]
+            return [EMState(self._from_user(user, p)) for p in computed]
+
         family = GaussianFamily(self.covariance_type, self.reg_covar, self.tol,
                                 hard=self.assignment == "hard",
                                 fixed_variance=self.fixed_variance)
-        states = run_em(data, [family] * len(initial), [EMState(p) for p in initial],
-                        max_iter=self.max_iter, split_every=self.split_every,
-                        callback=self._report if self.verbose else None)
+        states = fit_states(data, [family] * self.n_init, initial, max_iter=self.max_iter,
+                            split_every=self.split_every, checkpoint=checkpoint,
+                            callback=callback or (self._report if self.verbose else None))
         # scikit-learn keeps the first restart with the highest final lower bound.
         best = int(np.argmax([s.objectives[-1] for s in states]))
         self._set_state(states[best], data.n_features)

@@ -1,0 +1,200 @@
+"""The ``daskem`` command. It parses arguments and delegates to :mod:`daskem.runner`.
+
+Exit codes: 0 success, 2 bad config, 3 bad data, 4 failed run, 5 lost the scheduler.
+Every failure prints one line, ``daskem: error: ...``, saying what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from daskem import runner
+from daskem.config import ConfigError, load_config
+from daskem.errors import DataError, FitError, ParameterError
+from daskem.store import RunStore, RunStoreError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Fit k-means and Gaussian mixtures on Dask clusters, from Zarr and "
+                       "xarray feature stores.")
+
+ConfigArg = Annotated[Path, typer.Argument(help="YAML config file (see configs/)")]
+SetOpt = Annotated[list[str], typer.Option("--set", help="override a key: --set "
+                                           "model.n_components=12 (repeatable)")]
+
+
+def _fail(code: int, message: str) -> None:
+    hint = {runner.EXIT_CONFIG: "fix the config and rerun",
+            runner.EXIT_DATA: "fix the data source (or its data.* settings) and rerun",
+            runner.EXIT_RUN: "see the message; rerunning resumes from the last checkpoint",
+            runner.EXIT_CLUSTER: "check the cluster and rerun: the run resumes"}[code]
+    first = " ".join(str(message).split())
+    print(f"daskem: error: {first} ({hint})", file=sys.stderr, flush=True)
+    raise typer.Exit(code)
+
+
+def _guard(fn):
+    """Run ``fn`` and turn daskem's errors into one line and an exit code."""
+    try:
+        return fn()
+    except (ConfigError, RunStoreError, ParameterError) as exc:
+        _fail(runner.EXIT_CONFIG, str(exc))
+    except DataError as exc:
+        _fail(runner.EXIT_DATA, str(exc))
+    except ConnectionError as exc:
+        _fail(runner.EXIT_CLUSTER, str(exc))
+    except FitError as exc:
+        _fail(runner.EXIT_RUN, str(exc))
+    except typer.Exit:
+        raise
+    except KeyboardInterrupt:
+        _fail(runner.EXIT_RUN, "interrupted")
+    except Exception as exc:  # noqa: BLE001 - the last line of defence of a batch job
+        if _lost_scheduler(exc):
+            _fail(runner.EXIT_CLUSTER, f"lost the Dask scheduler: {exc}")
+        _fail(runner.EXIT_RUN, f"{type(exc).__name__}: {exc}")
+
+
+def _lost_scheduler(exc: BaseException) -> bool:
+    from distributed.comm.core import CommClosedError
+
+    return isinstance(exc, (CommClosedError, TimeoutError)) or "scheduler" in str(exc).lower()
+
+
+@app.command()
+def run(
+    config: ConfigArg,
+    set_: SetOpt = [],  # noqa: B006 - typer reads the default, never mutates it
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress lines")] = False,
+    log_json: Annotated[Path | None, typer.Option(
+        help="append JSON-lines progress records to this file ('-' for stdout)")] = None,
+    force: Annotated[bool, typer.Option(help="resume even if the data source changed "
+                                        "shape or chunking since the run started")] = False,
+) -> None:
+    """Fit the model a config describes; resumes an interrupted run, skips a finished one."""
+    def job():
+        cfg = load_config(config, set_)
+        stream = None
+        if log_json is not None:
+            stream = sys.stdout if str(log_json) == "-" else open(log_json, "a")  # noqa: SIM115
+        try:
+            reporter = runner.Reporter(quiet=quiet or str(log_json) == "-",
+                                       json_stream=stream)
+            return runner.run_job(cfg, reporter, force=force)
+        finally:
+            if stream is not None and stream is not sys.stdout:
+                stream.close()
+
+    raise typer.Exit(_guard(job))
+
+
+@app.command()
+def validate(config: ConfigArg, set_: SetOpt = []) -> None:  # noqa: B006
+    """Check a config and its data source without fitting."""
+    def job():
+        from daskem.io.source import open_source
+
+        cfg = load_config(config, set_)
+        print(f"config {config}: valid")
+        source = open_source(cfg.data.model_copy(update={"missing": "error",
+                                                         "standardize": False}))
+        n_rows = source.n_rows
+        if cfg.model.n_components > n_rows:
+            raise ConfigError(f"model.n_components: {cfg.model.n_components} is larger "
+                              f"than the {n_rows:,} samples of data.path {cfg.data.path}")
+        print(f"data: {source.description}")
+        print(f"model: {cfg.model.kind}, {cfg.model.n_components} components"
+              + (f", {cfg.model.covariance_type} covariances" if cfg.model.kind == "gmm"
+                 else ""))
+        print(f"run store: {cfg.run.store}")
+        return runner.EXIT_OK
+
+    raise typer.Exit(_guard(job))
+
+
+@app.command()
+def inspect(
+    run_store: Annotated[str, typer.Argument(help="path or URL of a run store")],
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """What a run store holds: status, iterations, objective history, parameters, config."""
+    def job():
+        store = RunStore(run_store)
+        if not store.exists():
+            raise ConfigError(f"no run store at {run_store}")
+        attrs = store.attrs
+        pointer = store.read_pointer()
+        info = {
+            "path": run_store,
+            "status": attrs.get("status"),
+            "created": attrs.get("created"),
+            "config_hash": attrs.get("config_hash"),
+            "checkpoints": len(store.checkpoint_names()),
+            "latest_checkpoint": pointer.group if pointer else None,
+            "versions": attrs.get("versions"),
+            "config": attrs.get("config"),
+        }
+        try:
+            kind, arrays, model = store.read_model()
+            info["model"] = {"kind": kind, "n_iter": model["n_iter"],
+                             "converged": model["converged"],
+                             "objective": model.get("lower_bound", model.get("inertia")),
+                             "features": model["features"],
+                             "arrays": {k: list(v.shape) for k, v in arrays.items()}}
+            if "weights" in arrays:
+                info["model"]["weights"] = [round(float(w), 6) for w in arrays["weights"]]
+            info["history"] = {k: v.tolist() for k, v in store.read_history().items()}
+        except RunStoreError:
+            info["model"] = None
+        if as_json:
+            print(json.dumps(info, indent=2, default=str))
+            return runner.EXIT_OK
+        print(f"run store {run_store}: {info['status']} (created {info['created']})")
+        print(f"checkpoints: {info['checkpoints']}, latest {info['latest_checkpoint']}")
+        model = info["model"]
+        if model:
+            print(f"model: {model['kind']}, {model['n_iter']} iterations, converged "
+                  f"{model['converged']}, objective {model['objective']:.10g}")
+            for name, shape in model["arrays"].items():
+                print(f"  {name}: {tuple(shape)}")
+            if "weights" in model:
+                print(f"  weights: {model['weights']}")
+            objective = info["history"].get("objective", [])
+            if objective:
+                shown = ", ".join(f"{v:.6g}" for v in objective[-5:])
+                print(f"history: {len(objective)} iterations, last: {shown}")
+        data = (info["config"] or {}).get("data", {})
+        print(f"data: {data.get('path')}")
+        return runner.EXIT_OK
+
+    raise typer.Exit(_guard(job))
+
+
+@app.command()
+def predict(
+    run_store: Annotated[str, typer.Argument(help="a run store holding a fitted model")],
+    data: Annotated[Path | None, typer.Option(help="config whose data section to label "
+                                              "(default: the run's own data)")] = None,
+    out: Annotated[str | None, typer.Option(help="Zarr store for the outputs (default: "
+                                            "group 'predictions' of the run store)")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Label and score a data source with a fitted model, lazily, writing Zarr."""
+    def job():
+        cfg = load_config(data) if data is not None else None
+        return runner.predict_job(run_store, runner.Reporter(quiet=quiet), data_config=cfg,
+                                  out=out)
+
+    raise typer.Exit(_guard(job))
+
+
+def main() -> None:  # pragma: no cover - the console script
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

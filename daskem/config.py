@@ -1,0 +1,207 @@
+"""Job configuration: YAML files validated before any work starts.
+
+Configs are data, never code: they are read with ``yaml.safe_load`` (a ``!!python/...``
+tag is refused), every section rejects unknown keys, and every error names its key path
+(``model.covariance_type: expected one of full, tied, diag, spherical, fixed; got 'ful'``).
+YAML keys equal the Python field names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from daskem.errors import DaskemError
+
+
+class ConfigError(DaskemError, ValueError):
+    """The config file is missing, not valid YAML, or does not validate."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    """Where the samples are and how to read them."""
+
+    path: str = Field(description="Zarr store, .npy file, or any fsspec URL")
+    format: Literal["auto", "zarr", "xarray", "npy"] = "auto"
+    variable: str | None = Field(
+        None, description="zarr: the array inside a group; xarray: a variable with a "
+        "feature dimension (alternative to 'features')")
+    features: list[str] | None = Field(
+        None, description="xarray: the data variables that are the features")
+    feature_dim: str | None = Field(None, description="xarray: the feature dimension of "
+                                    "'variable'")
+    sample_dims: list[str] | None = Field(
+        None, description="xarray: the dimensions stacked into samples, in order")
+    missing: Literal["error", "drop"] = Field(
+        "error", description="rows with NaN: fail naming the row, or drop them (counted)")
+    chunk_rows: int | None = Field(None, ge=1, description="rows per chunk; null keeps "
+                                   "the source's chunking")
+    standardize: bool = Field(False, description="scale each feature to mean 0 and "
+                              "variance 1 (one extra pass); the model lives in that space")
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelConfig(_Section):
+    """The estimator and its parameters (the estimator classes document each one)."""
+
+    kind: Literal["gmm", "kmeans"] = "gmm"
+    n_components: int = Field(8, ge=1, description="components (gmm) or clusters (kmeans)")
+    covariance_type: Literal["full", "tied", "diag", "spherical", "fixed"] = "full"
+    assignment: Literal["soft", "hard"] = "soft"
+    fixed_variance: float = Field(1.0, gt=0)
+    init: Literal["kmeans", "k-means||", "k-means++", "random", "random_from_data"] | None = (
+        Field(None, description="gmm default 'kmeans', kmeans default 'k-means||'"))
+    n_init: int = Field(1, ge=1)
+    max_iter: int = Field(100, ge=1)
+    tol: float | None = Field(None, ge=0, description="gmm default 1e-3, kmeans 1e-4")
+    reg_covar: float = Field(1e-6, ge=0)
+    random_state: int | None = 0
+    sample_size: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _init_fits_kind(self) -> ModelConfig:
+        gmm_inits = {"kmeans", "k-means++", "random", "random_from_data"}
+        kmeans_inits = {"k-means||", "k-means++", "random"}
+        allowed = gmm_inits if self.kind == "gmm" else kmeans_inits
+        if self.init is not None and self.init not in allowed:
+            raise ValueError(f"init {self.init!r} is not available for kind {self.kind!r}; "
+                             f"expected one of {', '.join(sorted(allowed))}")
+        return self
+
+
+class FitConfig(_Section):
+    split_every: int = Field(8, ge=2, description="fan-in of the tree reduction")
+    persist: bool = Field(False, description="keep the data in cluster memory across "
+                          "iterations instead of reading the source every iteration")
+
+
+class ClusterConfig(_Section):
+    """Join an existing Dask cluster, or size the embedded LocalCluster."""
+
+    address: str | None = Field(None, description="scheduler address, e.g. tcp://host:8786")
+    scheduler_file: str | None = None
+    n_workers: int | None = Field(None, ge=1, description="embedded: default one per core")
+    threads_per_worker: int = Field(1, ge=1)
+    memory_limit: str | None = Field(None, description="embedded: per worker, e.g. '4GiB'")
+    host: str = Field("127.0.0.1", description="embedded: interface to listen on")
+    dashboard_address: str | None = Field("127.0.0.1:8787", description="embedded: "
+                                          "dashboard host:port, null for none")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> ClusterConfig:
+        if self.address and self.scheduler_file:
+            raise ValueError("give either address or scheduler_file, not both")
+        return self
+
+
+class OutputConfig(_Section):
+    path: str | None = Field(None, description="Zarr store for per-sample outputs; "
+                             "default: the group 'outputs' of the run store")
+    labels: bool = True
+    responsibilities: bool = Field(True, description="gmm only")
+    log_likelihood: bool = Field(True, description="gmm only")
+
+
+class RunSection(_Section):
+    store: str = Field(description="the run store (Zarr): checkpoints, model, history")
+
+
+class RunConfig(_Section):
+    """A whole job."""
+
+    data: DataConfig
+    model: ModelConfig = ModelConfig()
+    fit: FitConfig = FitConfig()
+    cluster: ClusterConfig | None = None
+    output: OutputConfig = OutputConfig()
+    run: RunSection
+
+    def result_hash(self) -> str:
+        """Hash of the sections that decide the fitted parameters (data, model, fit).
+
+        The cluster and the outputs can change between an interrupted run and its resume.
+        """
+        payload = {k: self.model_dump(mode="json")[k] for k in ("data", "model", "fit")}
+        text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _format_error(error: dict) -> str:
+    path = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"{path}: unknown key"
+    if kind == "missing":
+        return f"{path}: required key is missing"
+    if kind == "literal_error":
+        expected = error.get("ctx", {}).get("expected", "")
+        return f"{path}: expected one of {expected.replace(' or ', ', ')}; got {error['input']!r}"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{path}: {message}; got {error.get('input')!r}" if "input" in error and not \
+        isinstance(error.get("input"), dict) else f"{path}: {message}"
+
+
+def parse_config(raw: Any, source: str = "config") -> RunConfig:
+    """Validate a mapping (from YAML) into a :class:`RunConfig`."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections (data, model, run, ...)")
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_format_error(e) for e in exc.errors()]
+        raise ConfigError(f"{source}: " + "; ".join(lines)) from None
+
+
+def _set_override(raw: dict, assignment: str) -> None:
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected key.path=value")
+    key, _, value = assignment.partition("=")
+    parts = key.strip().split(".")
+    target = raw
+    for part in parts[:-1]:
+        node = target.get(part)
+        if node is None:
+            node = target[part] = {}
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {assignment!r}: {part} is not a section")
+        target = node
+    try:
+        target[parts[-1]] = yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {assignment!r}: value is not valid YAML ({exc})") from None
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple = ()) -> RunConfig:
+    """Read, override (``key.path=value``, values parsed as YAML) and validate a config."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        # A !!python/... tag ends up here: configs are data, never code.
+        raise ConfigError(f"{path}: not valid YAML, or uses a tag that is not allowed "
+                          f"({str(exc).splitlines()[0]})") from None
+    if raw is None:
+        raw = {}
+    for assignment in overrides:
+        if not isinstance(raw, dict):
+            break
+        _set_override(raw, assignment)
+    # Relative paths inside stay relative to the current directory, where the user typed
+    # the command.
+    return parse_config(raw, str(path))
+

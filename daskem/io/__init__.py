@@ -1,0 +1,1 @@
+"""Reading feature stores and writing per-sample outputs (the io layer)."""

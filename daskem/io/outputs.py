@@ -1,0 +1,78 @@
+"""Per-sample outputs written to Zarr from the workers, aligned with the source's rows.
+
+Every row of the source gets an output, rows with missing values included: their label is
+``-1`` and their responsibilities and log-likelihood are NaN. Plain sources get Zarr
+arrays (``labels`` (n,), ``responsibilities`` (n, K), ``log_likelihood`` (n,)); xarray
+sources get an xarray dataset over the source's sample dimensions, with its coordinates.
+Nothing of size n_samples passes through the client: each task writes its own chunk.
+"""
+
+from __future__ import annotations
+
+import dask
+import dask.array as da
+import numpy as np
+
+from daskem.io.source import Source
+
+LABEL_FILL = -1
+
+
+def _masked(x: np.ndarray, model, what: str) -> np.ndarray:
+    ok = np.isfinite(x).all(axis=1)
+    n = x.shape[0]
+    if what == "labels":
+        out = np.full(n, LABEL_FILL, dtype=np.int64)
+        if ok.any():
+            out[ok] = model.predict(x[ok])
+    elif what == "responsibilities":
+        out = np.full((n, model.n_components), np.nan)
+        if ok.any():
+            out[ok] = model.predict_proba(x[ok])
+    else:
+        out = np.full(n, np.nan)
+        if ok.any():
+            out[ok] = model.score_samples(x[ok])
+    return out
+
+
+def per_row(model, full: da.Array, what: str) -> da.Array:
+    """A lazy per-row output of ``model`` over every row of ``full``."""
+    if what == "responsibilities":
+        return full.map_blocks(_masked, model, what, dtype=np.float64,
+                               chunks=(full.chunks[0], (model.n_components,)),
+                               name=f"daskem-output-{what}")
+    dtype = np.int64 if what == "labels" else np.float64
+    return full.map_blocks(_masked, model, what, dtype=dtype, drop_axis=1,
+                           name=f"daskem-output-{what}")
+
+
+def write_outputs(model, source: Source, which: list[str], target: str, group: str,
+                  storage_options: dict | None = None) -> list[str]:
+    """Compute and write the ``which`` outputs in one pass; returns the names written."""
+    arrays = {what: per_row(model, source.full, what) for what in which}
+    if not arrays:
+        return []
+    if source.layout is None:
+        writes = [da.to_zarr(arr, target, component=f"{group}/{name}", overwrite=True,
+                             compute=False, storage_options=storage_options or None)
+                  for name, arr in arrays.items()]
+        dask.compute(*writes)
+        return list(arrays)
+    import xarray as xr
+
+    layout = source.layout
+    dims = layout.sample_dims
+    variables = {}
+    for name, arr in arrays.items():
+        if arr.ndim == 1:
+            variables[name] = (dims, arr.reshape(layout.shape))
+        else:
+            variables[name] = (dims + ["component"],
+                               arr.reshape(layout.shape + (arr.shape[1],)))
+    ds = xr.Dataset(variables, coords={d: layout.coords[d] for d in dims})
+    ds["labels"].attrs["missing_value"] = LABEL_FILL if "labels" in ds else None
+    ds = ds.chunk({dims[0]: "auto"})
+    ds.to_zarr(target, group=group, mode="w", consolidated=False,
+               storage_options=storage_options or None)
+    return list(arrays)

@@ -1,0 +1,230 @@
+"""Opening a feature store as a (n_samples, n_features) dask array.
+
+A config that points at nothing (no store at ``data.path``, no such variable) is a
+:class:`~daskem.config.ConfigError` naming the key; a source whose content cannot be used
+(wrong dimensions, object dtype, only missing values) is a :class:`~daskem.errors.DataError`.
+
+Sources: a Zarr array (or an array inside a Zarr group), an xarray dataset stored in Zarr
+(feature variables named, sample dimensions stacked in order, e.g. time × lat × lon), a
+NumPy ``.npy`` file; any of them at a local path or an fsspec URL with storage options.
+Nothing is read here but metadata, except for the policies that need a pass: ``missing:
+drop`` (one pass to find the rows to keep) and ``standardize`` (one pass for mean and
+standard deviation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+
+from daskem.config import ConfigError, DataConfig
+from daskem.errors import DataError
+
+
+@dataclass
+class GridLayout:
+    """How rows map back onto an xarray dataset's sample dimensions."""
+
+    sample_dims: list[str]
+    shape: tuple[int, ...]
+    coords: dict[str, Any]  # 1-D coordinate values of each sample dimension
+
+
+@dataclass
+class Source:
+    """The samples of a data source, and what is needed to write outputs aligned to it."""
+
+    full: da.Array  # (n_rows, n_features): every row of the source, in order
+    X: da.Array  # the rows used for fitting (``full`` without dropped rows)
+    features: list[str]
+    n_dropped: int
+    layout: GridLayout | None  # None: outputs are plain arrays aligned with the rows
+    fingerprint: dict
+    standardize: tuple[np.ndarray, np.ndarray] | None = None  # (mean, scale)
+    description: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.full.shape[0])
+
+
+def _detect_format(cfg: DataConfig) -> str:
+    if cfg.format != "auto":
+        return cfg.format
+    if cfg.path.endswith(".npy"):
+        return "npy"
+    if cfg.features or cfg.sample_dims or cfg.feature_dim:
+        return "xarray"
+    return "zarr"
+
+
+def _check_numeric(dtype: np.dtype, where: str) -> None:
+    if dtype.kind == "O":
+        raise DataError(f"{where} has object dtype; object (pickle) codecs are refused: "
+                        "daskem reads numbers only")
+    if dtype.kind not in "fiub":
+        raise DataError(f"{where} has dtype {dtype}; daskem needs numbers")
+
+
+def _open_zarr_array(cfg: DataConfig):
+    import zarr
+
+    try:
+        node = zarr.open(cfg.path, mode="r", storage_options=cfg.storage_options or None)
+    except FileNotFoundError:
+        raise ConfigError(f"data.path: no Zarr store at {cfg.path}") from None
+    except Exception as exc:  # noqa: BLE001 - zarr raises many kinds for unreadable stores
+        raise DataError(f"data.path: cannot open {cfg.path} as Zarr: {exc}") from None
+    if isinstance(node, zarr.Array):
+        return node, []
+    arrays = {name: arr for name, arr in node.arrays()}
+    if cfg.variable is not None:
+        if cfg.variable not in arrays:
+            raise ConfigError(f"data.variable: no array {cfg.variable!r} in {cfg.path}; it has: "
+                            f"{', '.join(sorted(arrays)) or 'no arrays'}")
+        arr = arrays[cfg.variable]
+    else:
+        two_d = [name for name, arr in arrays.items() if arr.ndim == 2]
+        if len(two_d) != 1:
+            raise ConfigError(f"data.variable: {cfg.path} holds {len(two_d)} 2-D arrays "
+                            f"({', '.join(sorted(two_d))}); name the one to use")
+        arr = arrays[two_d[0]]
+    names = node.attrs.get("features") or []
+    return arr, list(names)
+
+
+def _zarr_source(cfg: DataConfig):
+    arr, names = _open_zarr_array(cfg)
+    _check_numeric(arr.dtype, f"the Zarr array at {cfg.path}")
+    if arr.ndim != 2:
+        raise DataError(f"data.path: the Zarr array at {cfg.path} is {arr.ndim}-D; expected "
+                        "(n_samples, n_features)")
+    X = da.from_zarr(arr)
+    if len(names) != arr.shape[1]:
+        names = [f"feature_{j}" for j in range(arr.shape[1])]
+    return X, names, None
+
+
+def _npy_source(cfg: DataConfig):
+    import fsspec
+
+    try:
+        if "://" in cfg.path:
+            with fsspec.open(cfg.path, "rb", **cfg.storage_options) as fh:
+                arr = np.load(fh, allow_pickle=False)
+        else:
+            arr = np.load(cfg.path, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise ConfigError(f"data.path: no file at {cfg.path}") from None
+    except ValueError as exc:  # pickled object arrays
+        raise DataError(f"data.path: {cfg.path} cannot be read without pickle ({exc}); "
+                        "object arrays are refused") from None
+    _check_numeric(arr.dtype, f"the array in {cfg.path}")
+    if arr.ndim != 2:
+        raise DataError(f"data.path: the array in {cfg.path} is {arr.ndim}-D; expected "
+                        "(n_samples, n_features)")
+    X = da.from_array(arr, chunks=(cfg.chunk_rows or "auto", -1))
+    return X, [f"feature_{j}" for j in range(arr.shape[1])], None
+
+
+def _xarray_source(cfg: DataConfig):
+    import xarray as xr
+
+    try:
+        ds = xr.open_zarr(cfg.path, storage_options=cfg.storage_options or None,
+                          consolidated=False)
+    except FileNotFoundError:
+        raise ConfigError(f"data.path: no Zarr store at {cfg.path}") from None
+    except Exception as exc:  # noqa: BLE001
+        raise DataError(f"data.path: cannot open {cfg.path} as an xarray dataset: "
+                        f"{exc}") from None
+    if cfg.features:
+        missing = [name for name in cfg.features if name not in ds.data_vars]
+        if missing:
+            raise ConfigError(f"data.features: no variable {', '.join(map(repr, missing))} in "
+                            f"{cfg.path}; it has: {', '.join(sorted(map(str, ds.data_vars)))}")
+        for name in cfg.features:
+            _check_numeric(ds[name].dtype, f"data.features: variable {name!r}")
+        arr = ds[cfg.features].to_dataarray("feature")
+        names = list(cfg.features)
+    elif cfg.variable:
+        if cfg.variable not in ds.data_vars:
+            raise ConfigError(f"data.variable: no variable {cfg.variable!r} in {cfg.path}; it "
+                            f"has: {', '.join(sorted(map(str, ds.data_vars)))}")
+        arr = ds[cfg.variable]
+        _check_numeric(arr.dtype, f"data.variable: variable {cfg.variable!r}")
+        if not cfg.feature_dim or cfg.feature_dim not in arr.dims:
+            raise ConfigError(f"data.feature_dim: give the feature dimension of {cfg.variable!r}"
+                            f" (one of {', '.join(map(str, arr.dims))})")
+        arr = arr.rename({cfg.feature_dim: "feature"})
+        names = [str(v) for v in arr["feature"].values] if "feature" in arr.coords else [
+            f"{cfg.variable}_{j}" for j in range(arr.sizes["feature"])]
+    else:
+        raise ConfigError("data.features: name the feature variables (or data.variable with "
+                        "data.feature_dim) of the xarray dataset")
+    other = [str(d) for d in arr.dims if d != "feature"]
+    sample_dims = list(cfg.sample_dims) if cfg.sample_dims else other
+    if sorted(sample_dims) != sorted(other):
+        raise ConfigError(f"data.sample_dims: {sample_dims} must list exactly the dimensions "
+                        f"{other} of the features")
+    arr = arr.transpose(*sample_dims, "feature")
+    shape = tuple(int(arr.sizes[d]) for d in sample_dims)
+    n = int(np.prod(shape))
+    data = arr.data if isinstance(arr.data, da.Array) else da.from_array(arr.data)
+    X = data.reshape(n, len(names))
+    coords = {d: np.asarray(ds[d].values) if d in ds.coords else np.arange(arr.sizes[d])
+              for d in sample_dims}
+    return X, names, GridLayout(sample_dims, shape, coords)
+
+
+def open_source(cfg: DataConfig, *, standardize: tuple[np.ndarray, np.ndarray] | None = None,
+                persist: bool = False) -> Source:
+    """Open ``cfg``'s data source lazily and apply its chunking and row policies.
+
+    ``standardize`` gives the (mean, scale) of an earlier fit (for scoring new data);
+    otherwise ``cfg.standardize`` computes them from this source.
+    """
+    fmt = _detect_format(cfg)
+    opener = {"zarr": _zarr_source, "npy": _npy_source, "xarray": _xarray_source}[fmt]
+    full, names, layout = opener(cfg)
+    if full.dtype.kind in "iub":
+        full = full.astype(np.float64)
+    full = full.rechunk({0: cfg.chunk_rows or full.chunks[0][0], 1: -1}) if (
+        cfg.chunk_rows or full.numblocks[1] > 1 or len(set(full.chunks[0][:-1])) > 1
+    ) else full
+    fingerprint = {"path": cfg.path, "format": fmt, "shape": list(map(int, full.shape)),
+                   "dtype": str(full.dtype), "chunk_rows": int(full.chunks[0][0]),
+                   "features": names}
+    X = full
+    n_dropped = 0
+    notes = []
+    if cfg.missing == "drop":
+        keep = da.isfinite(full).all(axis=1)
+        X = full[keep]
+        X.compute_chunk_sizes()  # one pass: the number of kept rows in each chunk
+        n_dropped = int(full.shape[0] - X.shape[0])
+        notes.append(f"dropped {n_dropped:,} of {full.shape[0]:,} rows with missing values")
+        if X.shape[0] == 0:
+            raise DataError(f"data.missing: every row of {cfg.path} has a missing value")
+    if standardize is None and cfg.standardize:
+        mean, std = dask.compute(X.mean(axis=0, dtype=np.float64),
+                                 X.std(axis=0, dtype=np.float64))
+        scale = np.where(std > 0, std, 1.0)
+        standardize = (np.asarray(mean), np.asarray(scale))
+        notes.append("standardized each feature to mean 0, variance 1")
+    if standardize is not None:
+        mean, scale = standardize
+        full = ((full - mean) / scale).astype(full.dtype)
+        X = ((X - mean) / scale).astype(X.dtype)
+    if persist:
+        X = X.persist()
+    description = (f"{cfg.path} ({fmt}): {full.shape[0]:,} rows x {full.shape[1]} features, "
+                   f"{full.dtype}, {X.numblocks[0]} chunks")
+    return Source(full=full, X=X, features=names, n_dropped=n_dropped, layout=layout,
+                  fingerprint=fingerprint, standardize=standardize, description=description,
+                  notes=notes)

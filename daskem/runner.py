@@ -1,0 +1,302 @@
+"""One job, as ``daskem run`` performs it: the steps, each a plain function, and their wiring.
+
+    load config ─► (store complete? stop) ─► connect cluster ─► open source ─► open store
+      ─► fit with a checkpoint after every pass ─► write model and history ─► write outputs
+
+Exit codes (``daskem`` returns them; :data:`EXIT_CODES` names them):
+0 success, 2 bad config, 3 bad data, 4 failed run, 5 lost the scheduler (retry resumes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import TextIO
+
+import numpy as np
+
+from daskem.config import ClusterConfig, ConfigError, RunConfig
+from daskem.engine.em import EMState
+from daskem.errors import DataError
+from daskem.estimators import GaussianMixture, KMeans
+from daskem.io.outputs import write_outputs
+from daskem.io.source import Source, open_source
+from daskem.kernels.mstep import GaussianParams
+from daskem.store import RunStore, RunStoreError
+
+EXIT_OK = 0
+EXIT_CONFIG = 2
+EXIT_DATA = 3
+EXIT_RUN = 4
+EXIT_CLUSTER = 5
+EXIT_CODES = {EXIT_OK: "success", EXIT_CONFIG: "bad config", EXIT_DATA: "bad data",
+              EXIT_RUN: "failed run", EXIT_CLUSTER: "lost the scheduler (rerun to resume)"}
+
+
+# ------------------------------------------------------------------------ progress
+
+
+@dataclass
+class Reporter:
+    """Progress for people (one line per iteration) and for schedulers (JSON lines)."""
+
+    quiet: bool = False
+    json_stream: TextIO | None = None
+    stream: TextIO = field(default_factory=lambda: sys.stdout)
+    started: float = field(default_factory=time.monotonic)
+    _previous: float | None = None
+
+    def info(self, message: str, **fields) -> None:
+        if not self.quiet:
+            print(message, file=self.stream, flush=True)
+        self.event("info", message=message, **fields)
+
+    def event(self, kind: str, **fields) -> None:
+        if self.json_stream is not None:
+            record = {"event": kind, "time": round(time.time(), 3), **fields}
+            self.json_stream.write(json.dumps(record, default=float) + "\n")
+            self.json_stream.flush()
+
+    def iteration(self, n_pass: int, states: list[EMState], kind: str, max_iter: int) -> None:
+        best = _best_index(states, kind)
+        state = states[best]
+        objective = state.objectives[-1]
+        change = objective - state.objectives[-2] if len(state.objectives) > 1 else float("nan")
+        elapsed = time.monotonic() - self.started
+        running = sum(not s.converged and s.n_iter < max_iter for s in states)
+        name = "lower bound" if kind == "gmm" else "inertia"
+        if not self.quiet:
+            print(f"iter {state.n_iter:4d}/{max_iter}  {name} {objective:.10g}  "
+                  f"change {change:+.3e}  running {running}/{len(states)}  "
+                  f"{elapsed:7.1f} s", file=self.stream, flush=True)
+        self.event("iteration", iteration=state.n_iter, objective=objective, change=change,
+                   running=running, elapsed=round(elapsed, 3))
+
+
+def _best_index(states: list[EMState], kind: str) -> int:
+    values = [s.objectives[-1] if s.objectives else np.nan for s in states]
+    return int(np.nanargmax(values) if kind == "gmm" else np.nanargmin(values))
+
+
+# ------------------------------------------------------------------------ steps
+
+
+def build_estimator(config: RunConfig):
+    """The estimator a config describes."""
+    m = config.model
+    common = dict(max_iter=m.max_iter, n_init=m.n_init, random_state=m.random_state,
+                  sample_size=m.sample_size, split_every=config.fit.split_every)
+    if m.kind == "kmeans":
+        return KMeans(m.n_components, init=m.init or "k-means||",
+                      tol=1e-4 if m.tol is None else m.tol, **common)
+    return GaussianMixture(m.n_components, covariance_type=m.covariance_type,
+                           tol=1e-3 if m.tol is None else m.tol, reg_covar=m.reg_covar,
+                           init_params=m.init or "kmeans", assignment=m.assignment,
+                           fixed_variance=m.fixed_variance, **common)
+
+
+@contextlib.contextmanager
+def connect(cluster: ClusterConfig | None, reporter: Reporter):
+    """A ``distributed.Client``: to the configured cluster, or to an embedded one."""
+    from distributed import Client, LocalCluster
+
+    cluster = cluster or ClusterConfig()
+    if cluster.address or cluster.scheduler_file:
+        target = cluster.address or f"scheduler file {cluster.scheduler_file}"
+        try:
+            client = (Client(cluster.address, timeout="30s") if cluster.address else
+                      Client(scheduler_file=cluster.scheduler_file, timeout="30s"))
+        except (OSError, TimeoutError) as exc:
+            raise ConnectionError(f"cannot reach the Dask scheduler at {target}: "
+                                  f"{exc}") from None
+        with client:
+            reporter.info(f"joined the Dask cluster at {client.scheduler.address}; "
+                          f"dashboard: {client.dashboard_link}",
+                          dashboard=client.dashboard_link)
+            yield client
+        return
+    n_workers = cluster.n_workers or os.cpu_count() or 1
+    # One BLAS thread per worker thread, so that workers do not oversubscribe the cores.
+    blas = str(cluster.threads_per_worker)
+    env = {name: blas for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                   "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")}
+    with LocalCluster(n_workers=n_workers, threads_per_worker=cluster.threads_per_worker,
+                      processes=True, host=cluster.host,
+                      dashboard_address=cluster.dashboard_address,
+                      memory_limit=cluster.memory_limit or "auto", env=env) as local, \
+            Client(local) as client:
+        reporter.info(f"started a local Dask cluster: {n_workers} worker process(es) x "
+                      f"{cluster.threads_per_worker} thread(s); dashboard: "
+                      f"{client.dashboard_link if cluster.dashboard_address else 'off'}",
+                      dashboard=client.dashboard_link if cluster.dashboard_address else None)
+        yield client
+
+
+def open_data(config: RunConfig, store: RunStore | None = None) -> Source:
+    """The config's source; a resumed run reuses the stored standardisation."""
+    standardize = None
+    if store is not None and store.exists():
+        saved = store.attrs.get("standardize")
+        if saved:
+            standardize = (np.asarray(saved["mean"]), np.asarray(saved["scale"]))
+    source = open_source(config.data, standardize=standardize, persist=config.fit.persist)
+    n_rows = int(source.X.shape[0])
+    if config.model.n_components > n_rows:
+        raise ConfigError(f"model.n_components: {config.model.n_components} is larger than "
+                          f"the {n_rows:,} samples of data.path {config.data.path}")
+    return source
+
+
+def open_store(config: RunConfig, source: Source, *, force: bool = False) -> RunStore:
+    store = RunStore(config.run.store)
+    config_hash = config.result_hash()
+    if store.exists():
+        store.check_compatible(config_hash, source.fingerprint, force=force)
+    else:
+        store.create(config.model_dump(mode="json"), config_hash, source.fingerprint)
+        if source.standardize is not None:
+            mean, scale = source.standardize
+            store.set_status("running", standardize={"mean": mean.tolist(),
+                                                     "scale": scale.tolist()})
+    return store
+
+
+def model_record(estimator, source: Source) -> tuple[str, dict, dict, dict]:
+    """(kind, arrays, attributes, history) of a fitted estimator, for the run store."""
+    if isinstance(estimator, KMeans):
+        arrays = {"cluster_centers": estimator.cluster_centers_}
+        attrs = {"inertia": estimator.inertia_}
+        history = {"objective": np.asarray(estimator.inertia_history_)}
+        kind = "kmeans"
+    else:
+        arrays = {"weights": estimator.weights_, "means": estimator.means_,
+                  "covariances": estimator.covariances_,
+                  "precisions_cholesky": estimator.precisions_cholesky_}
+        attrs = {"lower_bound": estimator.lower_bound_}
+        history = {"objective": np.asarray(estimator.lower_bounds_)}
+        kind = "gmm"
+    params = {k: v for k, v in estimator.get_params().items()
+              if isinstance(v, (int, float, str, bool, type(None)))}
+    attrs.update({
+        "params": params,
+        "n_features": int(estimator.n_features_in_),
+        "features": source.features,
+        "n_iter": int(estimator.n_iter_),
+        "converged": bool(estimator.converged_),
+        "reseeds": [[it, e.component, e.row, e.reason] for it, e in estimator.reseeds_],
+    })
+    if source.standardize is not None:
+        attrs["standardize"] = {"mean": source.standardize[0].tolist(),
+                                "scale": source.standardize[1].tolist()}
+    return kind, arrays, attrs, history
+
+
+def load_estimator(store: RunStore):
+    """The fitted estimator kept in a run store's ``model/`` group."""
+    kind, arrays, attrs = store.read_model()
+    params = attrs["params"]
+    objectives = tuple(store.read_history().get("objective", []))
+    if kind == "kmeans":
+        est = KMeans(**params)
+        state = EMState(arrays["cluster_centers"], attrs["n_iter"], attrs["converged"],
+                        objectives)
+        est._set_state(state, attrs["inertia"], attrs["n_features"])
+    else:
+        est = GaussianMixture(**params)
+        gp = GaussianParams(params["covariance_type"], arrays["weights"], arrays["means"],
+                            arrays["covariances"], arrays["precisions_cholesky"])
+        est._set_state(EMState(gp, attrs["n_iter"], attrs["converged"], objectives),
+                       attrs["n_features"])
+    return est, attrs
+
+
+def output_names(config: RunConfig) -> list[str]:
+    out = config.output
+    names = ["labels"] if out.labels else []
+    if config.model.kind == "gmm":
+        names += ["responsibilities"] if out.responsibilities else []
+        names += ["log_likelihood"] if out.log_likelihood else []
+    return names
+
+
+# ------------------------------------------------------------------------ the job
+
+
+def run_job(config: RunConfig, reporter: Reporter, *, force: bool = False) -> int:
+    """Fit (or resume), checkpoint every pass, write the model and the outputs."""
+    store = RunStore(config.run.store)
+    if store.exists():
+        if store.attrs.get("config_hash") == config.result_hash() and \
+                store.attrs.get("status") == "complete":
+            reporter.info(f"{config.run.store} is complete for this config; nothing to do "
+                          f"(daskem inspect {config.run.store} shows it)")
+            return EXIT_OK
+    with connect(config.cluster, reporter) as client:
+        del client
+        source = open_data(config, store)
+        reporter.info(f"data: {source.description}")
+        for note in source.notes:
+            reporter.info(f"data: {note}")
+        store = open_store(config, source, force=force)
+        resumed = store.read_pointer()
+        if resumed is not None:
+            reporter.info(f"resuming from checkpoint {resumed.group} "
+                          f"(iteration {resumed.step})", checkpoint=resumed.group)
+        estimator = build_estimator(config)
+        kind = config.model.kind
+        reporter.info(f"fitting {estimator!r}")
+        reporter.started = time.monotonic()
+        estimator.fit(source.X, checkpoint=store, callback=lambda n, states: reporter.iteration(
+            n, states, kind, config.model.max_iter))
+        kind, arrays, attrs, history = model_record(estimator, source)
+        history["seconds"] = np.asarray(store.pass_seconds())
+        store.write_model(kind, arrays, attrs, history)
+        store.set_status("fitted")
+        which = output_names(config)
+        target = config.output.path or config.run.store
+        group = "outputs" if config.output.path is None else ""
+        written = write_outputs(estimator, source, which, target, group)
+        store.set_status("complete", outputs={"path": target, "group": group,
+                                              "arrays": written})
+    objective = attrs.get("lower_bound", attrs.get("inertia"))
+    reporter.info(
+        f"done: {kind}, {attrs['n_iter']} iterations, converged {attrs['converged']}, "
+        f"{'lower bound' if kind == 'gmm' else 'inertia'} {objective:.10g}; model and "
+        f"history in {config.run.store}; outputs {', '.join(written) or 'none'} in "
+        f"{target}{'/' + group if group else ''}",
+        n_iter=attrs["n_iter"], converged=attrs["converged"], objective=objective)
+    return EXIT_OK
+
+
+def predict_job(store_path: str, reporter: Reporter, *, data_config: RunConfig | None = None,
+                out: str | None = None, cluster: ClusterConfig | None = None) -> int:
+    """Label and score a data source with a fitted run store's model; write Zarr outputs."""
+    from daskem.config import parse_config
+
+    store = RunStore(store_path)
+    if not store.exists():
+        raise ConfigError(f"no run store at {store_path}")
+    estimator, attrs = load_estimator(store)
+    config = data_config or parse_config(store.attrs["config"], f"{store_path} (stored config)")
+    saved = attrs.get("standardize")
+    standardize = (np.asarray(saved["mean"]), np.asarray(saved["scale"])) if saved else None
+    with connect(cluster or config.cluster, reporter):
+        source = open_source(config.data.model_copy(update={"missing": "error"}),
+                             standardize=standardize)
+        if source.full.shape[1] != attrs["n_features"]:
+            raise DataError(f"data.path: {config.data.path} has {source.full.shape[1]} "
+                            f"features; the model was fitted on {attrs['n_features']}")
+        if source.features != attrs["features"] and all(
+                not f.startswith("feature_") for f in source.features):
+            raise DataError(f"data.features: {source.features} differ from the model's "
+                            f"{attrs['features']}")
+        target = out or store_path
+        group = "predictions" if out is None else ""
+        written = write_outputs(estimator, source, output_names(config), target, group)
+    reporter.info(f"wrote {', '.join(written)} for {source.n_rows:,} rows to "
+                  f"{target}{'/' + group if group else ''}")
+    return EXIT_OK

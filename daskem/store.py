@@ -1,0 +1,314 @@
+"""The run store: a Zarr group holding everything about one job.
+
+    run.zarr/
+      (attributes)             config used, its hash, package versions, status, data fingerprint
+      LATEST.json              pointer to the newest complete checkpoint, with its checksum
+      checkpoints/iter_000042/ one group per iteration: every restart's parameters (arrays)
+                               and state (attributes: iterations, objectives, re-seedings)
+      model/                   the fitted parameters, the model kind and settings
+      history/                 objective per iteration of the chosen model, seconds per pass
+      outputs/                 per-sample outputs (labels, responsibilities, log-likelihood)
+
+Checkpoints are written only from the client (chunk tasks may run twice). A checkpoint is
+visible once its group is complete: the pointer is replaced after the group is written
+(write to a temporary file, then rename, on a local filesystem; a single-object write on
+object stores), and carries a checksum of the parameters. A checkpoint whose arrays do not
+match its checksum is skipped, with a warning, for the newest older one that does.
+The store holds numeric Zarr arrays and JSON attributes only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from importlib import metadata
+
+import numpy as np
+
+from daskem.engine.em import EMState
+from daskem.errors import DaskemError, DaskemWarning
+from daskem.kernels.mstep import GaussianParams, Reseed
+
+POINTER = "LATEST.json"
+FORMAT_VERSION = 1
+GAUSSIAN_ARRAYS = ("weights", "means", "covariances", "precisions_cholesky")
+
+
+class RunStoreError(DaskemError, ValueError):
+    """The run store cannot be used for this run (another config, another data source)."""
+
+
+class CheckpointWarning(DaskemWarning):
+    """A damaged checkpoint was skipped for an older one."""
+
+
+def package_versions() -> dict:
+    out = {}
+    for name in ("daskem", "dask", "distributed", "numpy", "scipy", "zarr", "xarray"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _checksum(arrays: list[np.ndarray]) -> str:
+    digest = hashlib.sha256()
+    for arr in arrays:
+        arr = np.ascontiguousarray(arr)
+        digest.update(str(arr.shape).encode())
+        digest.update(arr.tobytes())
+    return digest.hexdigest()
+
+
+def _state_arrays(state: EMState) -> dict[str, np.ndarray]:
+    if isinstance(state.params, GaussianParams):
+        return {name: np.asarray(getattr(state.params, name)) for name in GAUSSIAN_ARRAYS}
+    return {"centers": np.asarray(state.params)}
+
+
+def _state_attrs(state: EMState) -> dict:
+    attrs = {
+        "n_iter": state.n_iter,
+        "converged": state.converged,
+        "objectives": [float(v) for v in state.objectives],
+        "events": [[it, e.component, e.row, e.reason] for it, e in state.events],
+    }
+    if isinstance(state.params, GaussianParams):
+        attrs["covariance_type"] = state.params.covariance_type
+    return attrs
+
+
+def _state_from(arrays: dict[str, np.ndarray], attrs: dict) -> EMState:
+    if "centers" in arrays:
+        params = arrays["centers"]
+    else:
+        params = GaussianParams(attrs["covariance_type"], *(arrays[n] for n in GAUSSIAN_ARRAYS))
+    events = tuple((it, Reseed(int(c), int(r), str(reason)))
+                   for it, c, r, reason in attrs.get("events", []))
+    return EMState(params=params, n_iter=int(attrs["n_iter"]),
+                   converged=bool(attrs["converged"]),
+                   objectives=tuple(attrs["objectives"]), events=events)
+
+
+@dataclass
+class Pointer:
+    group: str
+    checksum: str
+    step: int
+
+
+class RunStore:
+    """A run store at a local path or fsspec URL; also a checkpointer for ``fit``."""
+
+    def __init__(self, path: str, storage_options: dict | None = None) -> None:
+        import fsspec
+        import zarr
+
+        self.path = str(path)
+        self.storage_options = storage_options or {}
+        self._fs, self._root = fsspec.core.url_to_fs(self.path, **self.storage_options)
+        self._zarr = zarr
+        self._last_save = time.monotonic()
+
+    # ---------------------------------------------------------------- the group
+
+    def exists(self) -> bool:
+        return self._fs.exists(f"{self._root}/zarr.json") or self._fs.exists(
+            f"{self._root}/.zgroup")
+
+    def _group(self, mode: str = "a"):
+        return self._zarr.open_group(self.path, mode=mode,
+                                     storage_options=self.storage_options or None)
+
+    @property
+    def attrs(self) -> dict:
+        return dict(self._group("r").attrs)
+
+    def create(self, config_json: dict, config_hash: str, fingerprint: dict) -> None:
+        group = self._zarr.open_group(self.path, mode="w",
+                                      storage_options=self.storage_options or None)
+        group.attrs.update({
+            "daskem_run_store": FORMAT_VERSION,
+            "status": "running",
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "config": config_json,
+            "config_hash": config_hash,
+            "fingerprint": fingerprint,
+            "versions": package_versions(),
+        })
+
+    def check_compatible(self, config_hash: str, fingerprint: dict, *, force: bool = False) -> None:
+        """Refuse a store made by another config, or over data that changed shape."""
+        attrs = self.attrs
+        if attrs.get("daskem_run_store") is None:
+            raise RunStoreError(f"{self.path} exists but is not a daskem run store; "
+                                "choose another run.store")
+        if attrs.get("config_hash") != config_hash:
+            raise RunStoreError(
+                f"{self.path} was made by a different config (its data, model or fit "
+                "section differs); use another run.store, or delete the store to start over")
+        old = attrs.get("fingerprint", {})
+        changed = [k for k in ("shape", "dtype", "chunk_rows", "features")
+                   if old.get(k) != fingerprint.get(k)]
+        if changed and not force:
+            raise RunStoreError(
+                f"the data source changed since {self.path} was started ({', '.join(changed)}: "
+                f"{[old.get(k) for k in changed]} -> {[fingerprint.get(k) for k in changed]}); "
+                "rerun with --force to resume anyway, or start a new run store")
+
+    def set_status(self, status: str, **extra) -> None:
+        self._group().attrs.update({"status": status, **extra})
+
+    # ---------------------------------------------------------------- pointer
+
+    def _pointer_path(self) -> str:
+        return f"{self._root}/{POINTER}"
+
+    def _write_pointer(self, pointer: Pointer) -> None:
+        data = json.dumps({"group": pointer.group, "checksum": pointer.checksum,
+                           "step": pointer.step}).encode()
+        target = self._pointer_path()
+        if "file" in self._fs.protocol or self._fs.protocol == "local":
+            tmp = f"{target}.tmp-{os.getpid()}"
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)  # atomic on POSIX: readers see old or new, never half
+        else:
+            self._fs.pipe_file(target, data)  # one object write: atomic on object stores
+
+    def read_pointer(self) -> Pointer | None:
+        try:
+            raw = json.loads(self._fs.cat_file(self._pointer_path()))
+            return Pointer(str(raw["group"]), str(raw["checksum"]), int(raw["step"]))
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError):
+            warnings.warn(f"{self.path}: unreadable {POINTER}; looking for checkpoints",
+                          CheckpointWarning, stacklevel=2)
+            return None
+
+    # ---------------------------------------------------------------- checkpoints
+
+    def save(self, states: list[EMState]) -> None:
+        """Write the states as a new checkpoint group, then point to it."""
+        step = max(s.n_iter for s in states)
+        name = f"iter_{step:06d}"
+        root = self._group()
+        checkpoints = root.require_group("checkpoints")
+        if name in checkpoints:  # left over from a run killed while writing it
+            del checkpoints[name]
+        group = checkpoints.create_group(name)
+        arrays = []
+        for i, state in enumerate(states):
+            sub = group.create_group(f"model_{i}")
+            for key, value in _state_arrays(state).items():
+                sub.create_array(key, data=value)
+                arrays.append(value)
+            sub.attrs.update(_state_attrs(state))
+        now = time.monotonic()
+        seconds = self._previous_seconds() + [now - self._last_save]
+        self._last_save = now
+        checksum = _checksum(arrays)
+        group.attrs.update({"step": step, "n_models": len(states), "seconds": seconds,
+                            "checksum": checksum})
+        self._write_pointer(Pointer(f"checkpoints/{name}", checksum, step))
+
+    def pass_seconds(self) -> list[float]:
+        """Seconds between consecutive checkpoints (the first: start to initialised)."""
+        return self._previous_seconds()
+
+    def _previous_seconds(self) -> list[float]:
+        pointer = self.read_pointer()
+        if pointer is None:
+            return []
+        try:
+            return list(self._group("r")[pointer.group].attrs.get("seconds", []))
+        except KeyError:
+            return []
+
+    def _read_checkpoint(self, name: str, checksum: str | None) -> list[EMState] | None:
+        group = self._group("r")[name]
+        n_models = int(group.attrs["n_models"])
+        states, arrays = [], []
+        for i in range(n_models):
+            sub = group[f"model_{i}"]
+            keys = ("centers",) if "centers" in sub else GAUSSIAN_ARRAYS
+            values = {key: np.asarray(sub[key][...]) for key in keys}
+            arrays.extend(values[key] for key in keys)
+            states.append(_state_from(values, dict(sub.attrs)))
+        expected = checksum or group.attrs.get("checksum")
+        if expected is not None and _checksum(arrays) != expected:
+            return None
+        return states
+
+    def checkpoint_names(self) -> list[str]:
+        try:
+            group = self._group("r")["checkpoints"]
+        except KeyError:
+            return []
+        return sorted(name for name, _ in group.groups())
+
+    def load(self) -> list[EMState] | None:
+        """The newest complete, undamaged checkpoint's states (``None`` if there is none)."""
+        self._last_save = time.monotonic()
+        pointer = self.read_pointer()
+        candidates = []
+        if pointer is not None:
+            candidates.append((pointer.group, pointer.checksum))
+        names = self.checkpoint_names()
+        newest = pointer.step if pointer is not None else None
+        for name in reversed(names):
+            step = int(name.split("_")[1])
+            if newest is None or step < newest:
+                candidates.append((f"checkpoints/{name}", None))
+        for i, (name, checksum) in enumerate(candidates):
+            try:
+                states = self._read_checkpoint(name, checksum)
+            except Exception:  # noqa: BLE001 - a torn group can fail in many ways
+                states = None
+            if states is not None:
+                if i:
+                    warnings.warn(f"{self.path}: checkpoint {candidates[0][0]} is damaged; "
+                                  f"resuming from {name}", CheckpointWarning, stacklevel=2)
+                return states
+        return None
+
+    # ---------------------------------------------------------------- model, history
+
+    def write_model(self, kind: str, arrays: dict[str, np.ndarray], attrs: dict,
+                    history: dict[str, np.ndarray]) -> None:
+        root = self._group()
+        for name in ("model", "history"):
+            if name in root:
+                del root[name]
+        model = root.create_group("model")
+        for key, value in arrays.items():
+            model.create_array(key, data=np.asarray(value))
+        model.attrs.update({"kind": kind, **attrs})
+        hist = root.create_group("history")
+        for key, value in history.items():
+            hist.create_array(key, data=np.asarray(value, dtype=np.float64))
+
+    def read_model(self) -> tuple[str, dict[str, np.ndarray], dict]:
+        try:
+            model = self._group("r")["model"]
+        except KeyError:
+            raise RunStoreError(f"{self.path} holds no fitted model yet (status "
+                                f"{self.attrs.get('status')!r})") from None
+        arrays = {name: np.asarray(arr[...]) for name, arr in model.arrays()}
+        attrs = dict(model.attrs)
+        return attrs.pop("kind"), arrays, attrs
+
+    def read_history(self) -> dict[str, np.ndarray]:
+        try:
+            hist = self._group("r")["history"]
+        except KeyError:
+            return {}
+        return {name: np.asarray(arr[...]) for name, arr in hist.arrays()}
