@@ -51,3 +51,26 @@ def compute_counter():
 
 def assert_rel(actual, expected, rtol, atol=0.0, what=""):
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, err_msg=what)
+
+
+SCRIPTS = __import__("pathlib").Path(__file__).resolve().parents[1] / "scripts"
+
+
+def feature_store_module():
+    """scripts/make_feature_store.py, imported (the package never imports scripts/)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_feature_store",
+                                                  SCRIPTS / "make_feature_store.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def small_store(tmp_path_factory):
+    """A 3,000 x 4 Zarr feature store from the synthetic generator."""
+    mfs = feature_store_module()
+    path = tmp_path_factory.mktemp("stores") / "small.zarr"
+    mfs.write_zarr(str(path), mfs.synthetic_array(3000, 4, 3, chunk_rows=700, seed=5))
+    return path

@@ -71,8 +71,9 @@ def write_outputs(model, source: Source, which: list[str], target: str, group: s
             variables[name] = (dims + ["component"],
                                arr.reshape(layout.shape + (arr.shape[1],)))
     ds = xr.Dataset(variables, coords={d: layout.coords[d] for d in dims})
-    ds["labels"].attrs["missing_value"] = LABEL_FILL if "labels" in ds else None
     ds = ds.chunk({dims[0]: "auto"})
-    ds.to_zarr(target, group=group, mode="w", consolidated=False,
+    # Labels stay integers on disk; readers that decode CF fill values see NaN there.
+    encoding = {"labels": {"_FillValue": LABEL_FILL}} if "labels" in ds else {}
+    ds.to_zarr(target, group=group, mode="w", consolidated=False, encoding=encoding,
                storage_options=storage_options or None)
     return list(arrays)

@@ -1,0 +1,5 @@
+"""``python -m daskem``: the same as the ``daskem`` command."""
+
+from daskem.cli import main
+
+main()

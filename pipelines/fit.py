@@ -1,0 +1,48 @@
+"""The fit pipeline behind ``daskem run``, step by step, on daskem's public API.
+
+    python pipelines/fit.py configs/gmm.yaml [key.path=value ...]
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from daskem.config import load_config
+from daskem.io.outputs import write_outputs
+from daskem.runner import (
+    Reporter,
+    build_estimator,
+    connect,
+    model_record,
+    open_data,
+    open_store,
+    output_names,
+)
+
+
+def fit(config_path: str, overrides: list[str]) -> dict:
+    config = load_config(config_path, overrides)
+    reporter = Reporter()
+    with connect(config.cluster, reporter):
+        source = open_data(config)
+        store = open_store(config, source)
+        estimator = build_estimator(config)
+        estimator.fit(source.X, checkpoint=store,
+                      callback=lambda n, states: reporter.iteration(
+                          n, states, config.model.kind, config.model.max_iter))
+        kind, arrays, attrs, history = model_record(estimator, source)
+        history["seconds"] = np.asarray(store.pass_seconds())
+        store.write_model(kind, arrays, attrs, history)
+        written = write_outputs(estimator, source, output_names(config),
+                                config.output.path or config.run.store,
+                                "outputs" if config.output.path is None else "")
+        store.set_status("complete")
+    return {"kind": kind, "n_iter": attrs["n_iter"], "outputs": written}
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    print(fit(sys.argv[1], sys.argv[2:]))
