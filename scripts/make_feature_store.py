@@ -24,7 +24,7 @@ import dask.array as da
 import numpy as np
 
 
-def mixture(seed: int, n_components: int, n_features: int, separation: float = 6.0):
+def mixture(seed: int, n_components: int, n_features: int, separation: float = 2.0):
     """Weights, means and covariance factors (K, d, d) of the generating mixture."""
     rng = np.random.default_rng([seed, 0xFEA7])
     weights = rng.dirichlet(np.full(n_components, 5.0))

@@ -8,14 +8,14 @@ small ``MALLOC_TRIM_THRESHOLD_``, under which every large temporary would be a f
 Mixtures. With a common shift ``s`` (the weighted center of the current means) and
 ``z = x − s``, every covariance type's log-density is linear in a feature map of ``z``::
 
-    F(z) = [ q(z), z ]        q(z) = z_i z_j for i ≤ j (full, tied), z_j² (diag),
+    F(z) = [ q(z), z, 1 ]     q(z) = z_i z_j for i ≤ j (full, tied), z_j² (diag),
                                      ‖z‖² (spherical, fixed)
-    log π_k N(x | μ_k, Σ_k) = W_k · F(z) + const_k
+    log π_k N(x | μ_k, Σ_k) = W_k · F(z)
 
 so the E-step of a block is one matrix product ``W F`` and, with ``R`` the (weighted)
 responsibilities, the statistics of every component are one matrix product ``R Fᵀ``:
-``Σ r z`` and ``Σ r q(z)`` (the upper triangle of ``Σ r z zᵀ`` for full and tied, each
-symmetric term once). This is about half the arithmetic of one product per component.
+``Σ r q(z)`` (the upper triangle of ``Σ r z zᵀ`` for full and tied, each symmetric term
+once), ``Σ r z`` and ``Σ r``. This is about half the arithmetic of one product per component.
 The features are float64 whatever the data's dtype: the quadratic terms carry the digits
 the covariances need. The M-step re-centres the shifted sums on the new means; the
 rounding error this leaves is about ``eps · (|μ_k − s| / σ_k)²`` relative, 1e-10 for
@@ -87,10 +87,16 @@ def unpack_symmetric(packed: np.ndarray, n_features: int) -> np.ndarray:
     return out
 
 
-def _fill_features(zt: np.ndarray, covariance_type: str, out: np.ndarray) -> None:
-    """``out`` (m × rows) ← F(z) for ``zt`` = zᵀ (d × rows), in place."""
-    d = zt.shape[0]
-    q = out.shape[0] - d
+def _fill_features(xb: np.ndarray, shift: np.ndarray, covariance_type: str,
+                   out: np.ndarray) -> None:
+    """``out`` (m × rows) ← F(x − shift) for a block ``xb`` (rows × d), in place.
+
+    The last row of ``out`` is ones; it is set when the buffer is made.
+    """
+    d = xb.shape[1]
+    q = out.shape[0] - d - 1
+    zt = out[q:q + d]
+    np.subtract(xb.T, shift[:, None], out=zt)
     if covariance_type in ("full", "tied"):
         start = 0
         for i in range(d):
@@ -100,7 +106,6 @@ def _fill_features(zt: np.ndarray, covariance_type: str, out: np.ndarray) -> Non
         np.multiply(zt, zt, out=out[:d])
     else:
         np.einsum("db,db->b", zt, zt, out=out[0])
-    out[q:] = zt
 
 
 class _Workspace:
@@ -126,8 +131,7 @@ class GaussianKernelParams:
 
     covariance_type: str
     shift: np.ndarray  # (d,) s
-    weights_t: np.ndarray  # (K, m): W, so that log π_k N_k = W F(x − s) + const
-    const: np.ndarray  # (K,)
+    weights_t: np.ndarray  # (K, m): W, so that log π_k N_k = W F(x − s)
     hard: bool = False
     far_capacity: int = 0
 
@@ -163,8 +167,9 @@ class GaussianKernelParams:
         return cls(
             covariance_type=covariance_type,
             shift=shift,
-            weights_t=np.ascontiguousarray(np.hstack([-0.5 * quad, linear])),
-            const=log_w + log_det - 0.5 * d * LOG_2PI - 0.5 * maha_const,
+            weights_t=np.ascontiguousarray(np.hstack([
+                -0.5 * quad, linear,
+                (log_w + log_det - 0.5 * d * LOG_2PI - 0.5 * maha_const)[:, None]])),
             hard=hard,
             far_capacity=far_capacity,
         )
@@ -179,21 +184,21 @@ class GaussianKernelParams:
 
 
 def _mixture_workspace(n_rows: int, d: int, m: int, k: int):
-    rows = block_rows(n_rows, m + 2 * k + d)
-    return rows, _Workspace(zt=((d, rows), np.float64), features=((m, rows), np.float64),
-                            log_prob=((k, rows), np.float64), gram=((k, m), np.float64))
+    """Buffers for blocks of a chunk; ``m`` is the width of the feature map F."""
+    rows = block_rows(n_rows, m + 2 * k)
+    ws = _Workspace(features=((m, rows), np.float64), log_prob=((k, rows), np.float64),
+                    gram=((k, m), np.float64))
+    ws.features[-1] = 1.0
+    return rows, ws
 
 
 def _mixture_log_prob(xb: np.ndarray, p: GaussianKernelParams, ws) -> tuple:
     """Features and log π_k N(x | μ_k, Σ_k) of one block: views (m × b) and (K × b)."""
     b = xb.shape[0]
-    zt = ws.zt[:, :b]
-    np.subtract(xb.T, p.shift[:, None], out=zt)
     features = ws.features[:, :b]
-    _fill_features(zt, p.covariance_type, features)
+    _fill_features(xb, p.shift, p.covariance_type, features)
     log_prob = ws.log_prob[:, :b]
     np.matmul(p.weights_t, features, out=log_prob)
-    log_prob += p.const[:, None]
     return features, log_prob
 
 
@@ -220,11 +225,11 @@ def _logsumexp_rows(log_prob: np.ndarray) -> np.ndarray:
 
 def _add_mixture_stats(stats: Stats, resp: np.ndarray, features: np.ndarray, d: int,
                        gram: np.ndarray, covariance_type: str) -> None:
-    """``stats`` += nk, Σ r z and Σ r q(z) of a block, from responsibilities (K × b)."""
+    """``stats`` += Σ r, Σ r z and Σ r q(z) of a block, from responsibilities (K × b)."""
     np.matmul(resp, features.T, out=gram)
-    q = gram.shape[1] - d
-    stats.nk += resp.sum(axis=1)
-    stats.s1 += gram[:, q:]
+    q = gram.shape[1] - d - 1
+    stats.nk += gram[:, -1]
+    stats.s1 += gram[:, q:q + d]
     if covariance_type == "spherical":
         stats.s2 += gram[:, 0]
     elif covariance_type != "fixed":
@@ -279,8 +284,8 @@ def gaussian_chunk_stats(x: np.ndarray, w: np.ndarray | None, offset: int,
             stats.weight_sum += float(wb.sum())
         _add_mixture_stats(stats, resp, features, d, ws.gram, ctype)
         if p.far_capacity:
-            if labels is None:
-                labels = np.argmax(resp, axis=0)
+            labels = labels if labels is not None else (
+                lambda rows, resp=resp: np.argmax(resp[:, rows], axis=0))
             stats.far = stats.far.merge_block(-lse, xb, labels, wb, offset + start)
     return stats
 
@@ -415,7 +420,7 @@ def kmeans_chunk_stats(x: np.ndarray, w: np.ndarray | None, offset: int,
     stats.n_nonfinite = count_nonfinite(x)
     rows, ws = _kmeans_workspace(n, d, k, x.dtype)
     if ctype is not None:
-        m = quadratic_width(ctype, d) + d
+        m = quadratic_width(ctype, d) + d + 1
         mix_rows, mix_ws = _mixture_workspace(rows, d, m, k)
         shift64 = p.shift.astype(np.float64)
     for start in range(0, n, rows):
@@ -437,10 +442,8 @@ def kmeans_chunk_stats(x: np.ndarray, w: np.ndarray | None, offset: int,
         else:
             for sub in range(0, b, mix_rows):
                 sl = slice(sub, sub + mix_rows)
-                zt = mix_ws.zt[:, :xb[sl].shape[0]]
-                np.subtract(xb[sl].T, shift64[:, None], out=zt)
-                features = mix_ws.features[:, :zt.shape[1]]
-                _fill_features(zt, ctype, features)
+                features = mix_ws.features[:, :xb[sl].shape[0]]
+                _fill_features(xb[sl], shift64, ctype, features)
                 resp = onehot[sl].T.toarray().astype(np.float64)
                 _add_mixture_stats(stats, resp, features, d, mix_ws.gram, ctype)
         if p.far_capacity:

@@ -70,20 +70,27 @@ class FarPoints:
         )
 
     def merge_block(self, score, x, label, weight, offset: int) -> FarPoints:
-        """Merge the rows of a block, looking only at those that can enter the kept set."""
+        """Merge the rows of a block, looking only at those that can enter the kept set.
+
+        ``label`` is an array of labels, or a function of row indices returning theirs
+        (so that labels are computed only for the few candidate rows).
+        """
         if self.capacity <= 0:
             return self
+        rows = np.arange(score.shape[0])
         if len(self.score) >= self.capacity:
             floor = self.score[-1]  # the smallest kept score (kept in decreasing order)
             rows = np.flatnonzero(score >= floor)
             if rows.size == 0:
                 return self
-            w = None if weight is None else weight[rows]
-            block = FarPoints.from_block(score[rows], x[rows], label[rows], w, 0,
-                                         self.capacity)
-            block.index = rows[block.index] + offset
-            return self.merge(block)
-        return self.merge(FarPoints.from_block(score, x, label, weight, offset, self.capacity))
+        if rows.size > self.capacity:
+            top = np.argpartition(-score[rows], self.capacity - 1)[:self.capacity]
+            rows = np.sort(rows[top])
+        labels = label(rows) if callable(label) else label[rows]
+        w = None if weight is None else weight[rows]
+        block = FarPoints.from_block(score[rows], x[rows], labels, w, 0, self.capacity)
+        block.index = rows[block.index] + offset
+        return self.merge(block)
 
     def merge(self, other: FarPoints) -> FarPoints:
         score = np.concatenate([self.score, other.score])
