@@ -60,6 +60,17 @@ def count_nonfinite(x: np.ndarray) -> int:
     return int(x.size - np.count_nonzero(np.isfinite(x)))
 
 
+def _chunk_stats_start(x: np.ndarray, n_components: int, covariance_type: str | None,
+                       far_capacity: int) -> Stats:
+    """Empty statistics of a chunk, with its row count and non-finite count filled in."""
+    d = x.shape[1]
+    stats = Stats.zeros(n_components, d, s2_shape(covariance_type, n_components, d),
+                        far_capacity)
+    stats.n_samples = x.shape[0]
+    stats.n_nonfinite = count_nonfinite(x)
+    return stats
+
+
 # --------------------------------------------------------------------------- features
 
 
@@ -254,9 +265,7 @@ def gaussian_chunk_stats(x: np.ndarray, w: np.ndarray | None, offset: int,
     n, d = x.shape
     k = p.n_components
     ctype = p.covariance_type
-    stats = Stats.zeros(k, d, s2_shape(ctype, k, d), p.far_capacity)
-    stats.n_samples = n
-    stats.n_nonfinite = count_nonfinite(x)
+    stats = _chunk_stats_start(x, k, ctype, p.far_capacity)
     rows, ws = _mixture_workspace(n, d, p.weights_t.shape[1], k)
     for start in range(0, n, rows):
         xb = x[start:start + rows]
@@ -415,9 +424,7 @@ def kmeans_chunk_stats(x: np.ndarray, w: np.ndarray | None, offset: int,
     n, d = x.shape
     k = p.n_clusters
     ctype = p.covariance_type
-    stats = Stats.zeros(k, d, s2_shape(ctype, k, d), p.far_capacity)
-    stats.n_samples = n
-    stats.n_nonfinite = count_nonfinite(x)
+    stats = _chunk_stats_start(x, k, ctype, p.far_capacity)
     rows, ws = _kmeans_workspace(n, d, k, x.dtype)
     if ctype is not None:
         m = quadratic_width(ctype, d) + d + 1
