@@ -85,3 +85,34 @@ def test_chunking_changes_only_rounding(data):
     b = fit_all(da.from_array(X, chunks=((1, 2999, 0, 3000), (4,))))
     for key in a:
         np.testing.assert_allclose(a[key], b[key], rtol=1e-9, atol=1e-12, err_msg=key)
+
+
+def test_matches_sklearn_on_two_workers(data):
+    from sklearn.cluster import KMeans as SkKMeans
+    from sklearn.mixture import GaussianMixture as SkGaussianMixture
+
+    X, Xd = data
+    cluster, client = cluster_client(2)
+    try:
+        for ctype in ("full", "tied", "diag", "spherical"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                start = SkGaussianMixture(4, covariance_type=ctype, max_iter=1,
+                                          random_state=0).fit(X)
+                init = dict(weights_init=start.weights_, means_init=start.means_,
+                            precisions_init=start.precisions_)
+                sk = SkGaussianMixture(4, covariance_type=ctype, max_iter=6, tol=0,
+                                       **init).fit(X)
+                ours = GaussianMixture(4, covariance_type=ctype, max_iter=6, tol=0,
+                                       **init).fit(Xd)
+            np.testing.assert_allclose(ours.means_, sk.means_, rtol=1e-6, atol=1e-9)
+            np.testing.assert_allclose(ours.covariances_, sk.covariances_, rtol=1e-6,
+                                       atol=1e-9)
+            np.testing.assert_allclose(ours.score(Xd), sk.score(X), rtol=1e-8)
+        sk = SkKMeans(4, init=X[:4], n_init=1, max_iter=50).fit(X)
+        ours = KMeans(4, init=X[:4], max_iter=50).fit(Xd)
+        np.testing.assert_allclose(ours.inertia_, sk.inertia_, rtol=1e-9)
+        np.testing.assert_array_equal(ours.labels_.compute(), sk.labels_)
+    finally:
+        client.close()
+        cluster.close()
