@@ -59,6 +59,18 @@ def _guard(fn):
         _fail(runner.EXIT_RUN, f"{type(exc).__name__}: {exc}")
 
 
+def _quiet_client_logs(debug: bool) -> None:
+    """distributed's client logs tracebacks when the scheduler goes away; daskem reports
+    that itself in one line. ``--debug`` keeps them."""
+    import logging
+
+    import distributed  # noqa: F401 - its import sets the levels this then overrides
+
+    if not debug:
+        for name in ("distributed.client", "distributed.batched", "distributed.core"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
 def _lost_scheduler(exc: BaseException) -> bool:
     from distributed.comm.core import CommClosedError
 
@@ -74,9 +86,11 @@ def run(
         help="append JSON-lines progress records to this file ('-' for stdout)")] = None,
     force: Annotated[bool, typer.Option(help="resume even if the data source changed "
                                         "shape or chunking since the run started")] = False,
+    debug: Annotated[bool, typer.Option(help="show distributed's own client logs")] = False,
 ) -> None:
     """Fit the model a config describes; resumes an interrupted run, skips a finished one."""
     def job():
+        _quiet_client_logs(debug)
         cfg = load_config(config, set_)
         stream = None
         if log_json is not None:

@@ -99,6 +99,22 @@ def build_estimator(config: RunConfig):
                            fixed_variance=m.fixed_variance, **common)
 
 
+class SchedulerLost(ConnectionError):
+    """The client lost its scheduler in the middle of the job (rerunning resumes)."""
+
+
+@contextlib.contextmanager
+def _watch_scheduler(client):
+    """Turn any failure that comes with a dead client connection into SchedulerLost."""
+    try:
+        yield
+    except Exception as exc:
+        if client.status not in ("running", "newly-created"):
+            raise SchedulerLost(f"lost the Dask scheduler ({type(exc).__name__}: "
+                                f"{exc})") from exc
+        raise
+
+
 @contextlib.contextmanager
 def connect(cluster: ClusterConfig | None, reporter: Reporter):
     """A ``distributed.Client``: to the configured cluster, or to an embedded one."""
@@ -113,7 +129,7 @@ def connect(cluster: ClusterConfig | None, reporter: Reporter):
         except (OSError, TimeoutError) as exc:
             raise ConnectionError(f"cannot reach the Dask scheduler at {target}: "
                                   f"{exc}") from None
-        with client:
+        with client, _watch_scheduler(client):
             reporter.info(f"joined the Dask cluster at {client.scheduler.address}; "
                           f"dashboard: {client.dashboard_link}",
                           dashboard=client.dashboard_link)
@@ -128,7 +144,7 @@ def connect(cluster: ClusterConfig | None, reporter: Reporter):
                       processes=True, host=cluster.host,
                       dashboard_address=cluster.dashboard_address,
                       memory_limit=cluster.memory_limit or "auto", env=env) as local, \
-            Client(local) as client:
+            Client(local) as client, _watch_scheduler(client):
         reporter.info(f"started a local Dask cluster: {n_workers} worker process(es) x "
                       f"{cluster.threads_per_worker} thread(s); dashboard: "
                       f"{client.dashboard_link if cluster.dashboard_address else 'off'}",
