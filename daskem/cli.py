@@ -110,16 +110,9 @@ def run(
 def validate(config: ConfigArg, set_: SetOpt = []) -> None:  # noqa: B006
     """Check a config and its data source without fitting."""
     def job():
-        from daskem.io.source import open_source
-
         cfg = load_config(config, set_)
         print(f"config {config}: valid")
-        source = open_source(cfg.data.model_copy(update={"missing": "error",
-                                                         "standardize": False}))
-        n_rows = source.n_rows
-        if cfg.model.n_components > n_rows:
-            raise ConfigError(f"model.n_components: {cfg.model.n_components} is larger "
-                              f"than the {n_rows:,} samples of data.path {cfg.data.path}")
+        source = runner.probe_data(cfg)
         print(f"data: {source.description}")
         print(f"model: {cfg.model.kind}, {cfg.model.n_components} components"
               + (f", {cfg.model.covariance_type} covariances" if cfg.model.kind == "gmm"

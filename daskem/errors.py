@@ -32,6 +32,10 @@ class DaskemWarning(UserWarning):
     """Base class of daskem's warnings."""
 
 
+class DataWarning(DaskemWarning):
+    """The data can be fitted but something about them deserves attention."""
+
+
 class ConvergenceWarning(DaskemWarning):
     """A fit stopped at ``max_iter`` before meeting its tolerance."""
 

@@ -152,6 +152,20 @@ def connect(cluster: ClusterConfig | None, reporter: Reporter):
         yield client
 
 
+def probe_data(config: RunConfig) -> Source:
+    """Open the source's metadata only (no pass), to fail fast before a cluster starts."""
+    source = open_source(config.data.model_copy(update={"missing": "error",
+                                                        "standardize": False}))
+    check_size(config, int(source.full.shape[0]))
+    return source
+
+
+def check_size(config: RunConfig, n_rows: int) -> None:
+    if config.model.n_components > n_rows:
+        raise ConfigError(f"model.n_components: {config.model.n_components} is larger than "
+                          f"the {n_rows:,} samples of data.path {config.data.path}")
+
+
 def open_data(config: RunConfig, store: RunStore | None = None) -> Source:
     """The config's source; a resumed run reuses the stored standardisation."""
     standardize = None
@@ -160,10 +174,7 @@ def open_data(config: RunConfig, store: RunStore | None = None) -> Source:
         if saved:
             standardize = (np.asarray(saved["mean"]), np.asarray(saved["scale"]))
     source = open_source(config.data, standardize=standardize, persist=config.fit.persist)
-    n_rows = int(source.X.shape[0])
-    if config.model.n_components > n_rows:
-        raise ConfigError(f"model.n_components: {config.model.n_components} is larger than "
-                          f"the {n_rows:,} samples of data.path {config.data.path}")
+    check_size(config, int(source.X.shape[0]))
     return source
 
 
@@ -251,6 +262,7 @@ def run_job(config: RunConfig, reporter: Reporter, *, force: bool = False) -> in
             reporter.info(f"{config.run.store} is complete for this config; nothing to do "
                           f"(daskem inspect {config.run.store} shows it)")
             return EXIT_OK
+    probe_data(config)
     with connect(config.cluster, reporter) as client:
         del client
         source = open_data(config, store)

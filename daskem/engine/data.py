@@ -12,6 +12,7 @@ Policy on input types (the estimators' docs repeat it):
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import dask
@@ -19,7 +20,7 @@ import dask.array as da
 import numpy as np
 
 from daskem.engine.reduce import DEFAULT_SPLIT_EVERY, map_reduce
-from daskem.errors import DataError
+from daskem.errors import DataError, DataWarning
 from daskem.kernels.random import spawn_seeds
 from daskem.kernels.summary import SampleRequest, Summary, summarise_chunk
 
@@ -177,6 +178,31 @@ def check_summary(data: ChunkedData, summary: Summary) -> None:
             f"the first is at row {row}")
     if not summary.weight_sum > 0:
         raise DataError("sample_weight sums to zero; at least one sample needs a positive weight")
+    check_variation(data.dtype, summary)
+
+
+def check_variation(dtype: np.dtype, summary: Summary) -> None:
+    """Refuse data in which no feature varies; warn about the features that do not.
+
+    A feature is constant when its standard deviation is within two units of the dtype's
+    resolution at the feature's magnitude: float32 data at an offset of 1e6 keep nothing
+    of a spread of 1e-3 (their spacing there is 0.06).
+    """
+    std = np.sqrt(summary.variance)
+    resolution = np.spacing(np.abs(summary.mean).astype(dtype)).astype(np.float64)
+    constant = np.flatnonzero(std <= 2 * resolution)
+    if constant.size == 0:
+        return
+    hint = ""
+    if dtype == np.float32 and np.any(np.abs(summary.mean[constant]) > 1e3):
+        hint = ("; float32 cannot hold small variations far from zero: store the data as "
+                "float64, or subtract an offset first")
+    if constant.size == len(std):
+        raise DataError(f"X has no variation: all {len(std)} features are constant "
+                        f"(feature 0: mean {summary.mean[0]:.6g}, std {std[0]:.3g}){hint}")
+    shown = ", ".join(map(str, constant[:10])) + (" ..." if constant.size > 10 else "")
+    warnings.warn(f"{constant.size} feature(s) of X are constant (columns {shown}); they "
+                  f"carry no information for clustering{hint}", DataWarning, stacklevel=4)
 
 
 def compute_lazy(obj):

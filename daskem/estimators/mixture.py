@@ -199,6 +199,11 @@ class GaussianMixture(ParamsMixin):
         if self.reseeds_:
             warnings.warn(f"{len(self.reseeds_)} collapsed component(s) were re-seeded during "
                           "the fit (see reseeds_)", ClusterPolicyWarning, stacklevel=2)
+        distinct = len(np.unique(self.means_, axis=0))
+        if distinct < self.n_components:
+            warnings.warn(f"Number of distinct components ({distinct}) found smaller than "
+                          f"n_components ({self.n_components}). Possibly due to duplicate "
+                          "points in X.", ConvergenceWarning, stacklevel=2)
         return self
 
     def _from_user(self, user: dict, computed: GaussianParams | None) -> GaussianParams:

@@ -90,10 +90,13 @@ def _open_zarr_array(cfg: DataConfig):
         arr = arrays[cfg.variable]
     else:
         two_d = [name for name, arr in arrays.items() if arr.ndim == 2]
-        if len(two_d) != 1:
-            raise ConfigError(f"data.variable: {cfg.path} holds {len(two_d)} 2-D arrays "
-                            f"({', '.join(sorted(two_d))}); name the one to use")
-        arr = arrays[two_d[0]]
+        if len(arrays) == 1:
+            arr = next(iter(arrays.values()))
+        elif len(two_d) == 1:
+            arr = arrays[two_d[0]]
+        else:
+            raise ConfigError(f"data.variable: {cfg.path} holds {len(arrays)} arrays "
+                              f"({', '.join(sorted(arrays)) or 'none'}); name the one to use")
     names = node.attrs.get("features") or []
     return arr, list(names)
 
