@@ -84,6 +84,15 @@ class FitConfig(_Section):
                           "iterations instead of reading the source every iteration")
 
 
+class SecurityConfig(_Section):
+    """TLS for joining a secured cluster, passed to ``distributed.security.Security``."""
+
+    tls_ca_file: str | None = Field(None, description="CA certificate (PEM file)")
+    tls_client_cert: str | None = Field(None, description="this client's certificate")
+    tls_client_key: str | None = Field(None, description="this client's private key")
+    require_encryption: bool = True
+
+
 class ClusterConfig(_Section):
     """Join an existing Dask cluster, or size the embedded LocalCluster."""
 
@@ -95,11 +104,18 @@ class ClusterConfig(_Section):
     host: str = Field("127.0.0.1", description="embedded: interface to listen on")
     dashboard_address: str | None = Field("127.0.0.1:8787", description="embedded: "
                                           "dashboard host:port, null for none")
+    security: SecurityConfig | None = Field(None, description="TLS when joining a cluster")
 
     @model_validator(mode="after")
     def _one_target(self) -> ClusterConfig:
         if self.address and self.scheduler_file:
             raise ValueError("give either address or scheduler_file, not both")
+        if self.security and not (self.address or self.scheduler_file):
+            raise ValueError("security applies when joining a cluster (address or "
+                             "scheduler_file)")
+        if self.address and self.address.startswith("tls://") and self.security is None:
+            raise ValueError(f"the scheduler {self.address} uses TLS; give cluster.security "
+                             "(tls_ca_file, tls_client_cert, tls_client_key)")
         return self
 
 

@@ -123,12 +123,22 @@ def connect(cluster: ClusterConfig | None, reporter: Reporter):
     cluster = cluster or ClusterConfig()
     if cluster.address or cluster.scheduler_file:
         target = cluster.address or f"scheduler file {cluster.scheduler_file}"
+        security = None
+        if cluster.security is not None:
+            from distributed.security import Security
+
+            sec = cluster.security
+            security = Security(tls_ca_file=sec.tls_ca_file, tls_client_cert=sec.tls_client_cert,
+                                tls_client_key=sec.tls_client_key,
+                                require_encryption=sec.require_encryption)
         try:
-            client = (Client(cluster.address, timeout="30s") if cluster.address else
-                      Client(scheduler_file=cluster.scheduler_file, timeout="30s"))
-        except (OSError, TimeoutError) as exc:
+            client = (Client(cluster.address, timeout="30s", security=security)
+                      if cluster.address else
+                      Client(scheduler_file=cluster.scheduler_file, timeout="30s",
+                             security=security))
+        except Exception as exc:  # noqa: BLE001 - any failure to connect is reported alike
             raise ConnectionError(f"cannot reach the Dask scheduler at {target}: "
-                                  f"{exc}") from None
+                                  f"{type(exc).__name__}: {exc}") from None
         with client, _watch_scheduler(client):
             reporter.info(f"joined the Dask cluster at {client.scheduler.address}; "
                           f"dashboard: {client.dashboard_link}",

@@ -2,7 +2,8 @@
 
     run.zarr/
       (attributes)             config used, its hash, package versions, status, data fingerprint
-      LATEST.json              pointer to the newest complete checkpoint, with its checksum
+      latest/                  pointer to the newest complete checkpoint, with its checksum
+                               (a group whose attributes daskem replaces atomically)
       checkpoints/iter_000042/ one group per iteration: every restart's parameters (arrays)
                                and state (attributes: iterations, objectives, re-seedings)
       model/                   the fitted parameters, the model kind and settings
@@ -33,7 +34,9 @@ from daskem.engine.em import EMState
 from daskem.errors import DaskemError, DaskemWarning
 from daskem.kernels.mstep import GaussianParams, Reseed
 
-POINTER = "LATEST.json"
+# The pointer is a Zarr group of its own whose metadata document daskem writes atomically;
+# its attributes name the newest complete checkpoint.
+POINTER = "latest/zarr.json"
 FORMAT_VERSION = 1
 GAUSSIAN_ARRAYS = ("weights", "means", "covariances", "precisions_cholesky")
 
@@ -170,10 +173,12 @@ class RunStore:
         return f"{self._root}/{POINTER}"
 
     def _write_pointer(self, pointer: Pointer) -> None:
-        data = json.dumps({"group": pointer.group, "checksum": pointer.checksum,
-                           "step": pointer.step}).encode()
+        document = {"zarr_format": 3, "node_type": "group", "attributes": {
+            "group": pointer.group, "checksum": pointer.checksum, "step": pointer.step}}
+        data = json.dumps(document).encode()
         target = self._pointer_path()
         if "file" in self._fs.protocol or self._fs.protocol == "local":
+            os.makedirs(os.path.dirname(target), exist_ok=True)
             tmp = f"{target}.tmp-{os.getpid()}"
             with open(tmp, "wb") as fh:
                 fh.write(data)
@@ -185,13 +190,13 @@ class RunStore:
 
     def read_pointer(self) -> Pointer | None:
         try:
-            raw = json.loads(self._fs.cat_file(self._pointer_path()))
+            raw = json.loads(self._fs.cat_file(self._pointer_path()))["attributes"]
             return Pointer(str(raw["group"]), str(raw["checksum"]), int(raw["step"]))
         except FileNotFoundError:
             return None
         except (ValueError, KeyError, TypeError):
-            warnings.warn(f"{self.path}: unreadable {POINTER}; looking for checkpoints",
-                          CheckpointWarning, stacklevel=2)
+            warnings.warn(f"{self.path}: unreadable checkpoint pointer {POINTER}; looking "
+                          "for checkpoints", CheckpointWarning, stacklevel=2)
             return None
 
     # ---------------------------------------------------------------- checkpoints
@@ -243,8 +248,9 @@ class RunStore:
             values = {key: np.asarray(sub[key][...]) for key in keys}
             arrays.extend(values[key] for key in keys)
             states.append(_state_from(values, dict(sub.attrs)))
+        # A group without its checksum was not finished (the checksum is written last).
         expected = checksum or group.attrs.get("checksum")
-        if expected is not None and _checksum(arrays) != expected:
+        if expected is None or _checksum(arrays) != expected:
             return None
         return states
 
@@ -253,7 +259,7 @@ class RunStore:
             group = self._group("r")["checkpoints"]
         except KeyError:
             return []
-        return sorted(name for name, _ in group.groups())
+        return sorted(name for name, _ in group.groups() if name.startswith("iter_"))
 
     def load(self) -> list[EMState] | None:
         """The newest complete, undamaged checkpoint's states (``None`` if there is none)."""

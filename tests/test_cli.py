@@ -150,13 +150,13 @@ def test_killed_run_resumes_to_identical_parameters(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "daskem", "run", str(killed), "-q"],
                             start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    pointer = tmp_path / "killed.zarr" / "LATEST.json"
+    pointer = tmp_path / "killed.zarr" / "latest" / "zarr.json"
     deadline = time.monotonic() + 240
     step = -1
     while time.monotonic() < deadline and proc.poll() is None:
         if pointer.exists():
             try:
-                step = json.loads(pointer.read_text())["step"]
+                step = json.loads(pointer.read_text())["attributes"]["step"]
             except ValueError:
                 pass
             if step >= 4:

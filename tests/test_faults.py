@@ -117,18 +117,18 @@ def test_kill_drill(tmp_path, store_path):
     reference = job_config(tmp_path, store_path, "reference")
     assert run_cli("run", reference, "-q").returncode == 0
     drilled = job_config(tmp_path, store_path, "drilled")
-    pointer = tmp_path / "drilled.zarr" / "LATEST.json"
+    pointer = tmp_path / "drilled.zarr" / "latest" / "zarr.json"
     rng = random.Random(0)
     torn = lost = kills = 0
     for _ in range(n_kills):
-        before = json.loads(pointer.read_text())["step"] if pointer.exists() else -1
+        before = json.loads(pointer.read_text())["attributes"]["step"] if pointer.exists() else -1
         proc = subprocess.Popen([sys.executable, "-m", "daskem", "run", drilled, "-q"],
                                 start_new_session=True, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         time.sleep(rng.uniform(2.0, 6.0))  # start-up is about 2 s; a pass about 0.1 s
         if proc.poll() is not None:
             break  # finished before the kill
-        progress = json.loads(pointer.read_text())["step"] if pointer.exists() else -1
+        progress = json.loads(pointer.read_text())["attributes"]["step"] if pointer.exists() else -1
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         kills += 1
@@ -141,7 +141,7 @@ def test_kill_drill(tmp_path, store_path):
                     store.load()
                 except CheckpointWarning:
                     torn += 1
-        after = json.loads(pointer.read_text())["step"] if pointer.exists() else -1
+        after = json.loads(pointer.read_text())["attributes"]["step"] if pointer.exists() else -1
         lost += max(0, progress - after)  # the pointer never moves back
         assert states is None or max(s.n_iter for s in states) == after
         assert after >= before
@@ -209,7 +209,7 @@ def test_lost_scheduler_exits_with_retriable_code(tmp_path, store_path):
             "run": {"store": str(tmp_path / "lost.zarr")}}))
         proc = subprocess.Popen([sys.executable, "-m", "daskem", "run", str(config), "-q"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        pointer = tmp_path / "lost.zarr" / "LATEST.json"
+        pointer = tmp_path / "lost.zarr" / "latest" / "zarr.json"
         deadline = time.monotonic() + 120
         while not pointer.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
