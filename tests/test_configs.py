@@ -108,3 +108,23 @@ def test_validate_good_config(tmp_path, small_store):
     result = run_cli("validate", str(write(tmp_path, raw)))
     assert result.returncode == 0, result.stderr
     assert "3,000 rows x 4 features" in result.stdout
+
+
+def test_readme_documents_every_config_key():
+    """The config reference in the README lists every key the config models accept."""
+    from pydantic import BaseModel
+
+    readme = (ROOT / "README.md").read_text()
+
+    def keys(model: type[BaseModel], prefix: str):
+        for name, field in model.model_fields.items():
+            annotation = field.annotation
+            nested = [a for a in getattr(annotation, "__args__", (annotation,))
+                      if isinstance(a, type) and issubclass(a, BaseModel)]
+            if nested:
+                yield from keys(nested[0], f"{prefix}{name}.")
+            else:
+                yield f"{prefix}{name}"
+
+    missing = [key for key in keys(RunConfig, "") if f"`{key}`" not in readme]
+    assert not missing, f"undocumented config keys: {missing}"
