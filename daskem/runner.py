@@ -89,7 +89,8 @@ def build_estimator(config: RunConfig):
     """The estimator a config describes."""
     m = config.model
     common = dict(max_iter=m.max_iter, n_init=m.n_init, random_state=m.random_state,
-                  sample_size=m.sample_size, split_every=config.fit.split_every)
+                  sample_size=m.sample_size, split_every=config.fit.split_every,
+                  chunk_rows=config.data.chunk_rows)
     if m.kind == "kmeans":
         return KMeans(m.n_components, init=m.init or "k-means||",
                       tol=1e-4 if m.tol is None else m.tol, **common)
@@ -288,7 +289,9 @@ def run_job(config: RunConfig, reporter: Reporter, *, force: bool = False) -> in
         kind = config.model.kind
         reporter.info(f"fitting {estimator!r}")
         reporter.started = time.monotonic()
-        estimator.fit(source.X, checkpoint=store, callback=lambda n, states: reporter.iteration(
+        # A row reader lets each task read its own block of the store (fewer tasks).
+        rows = source.rows if source.rows is not None else source.X
+        estimator.fit(rows, checkpoint=store, callback=lambda n, states: reporter.iteration(
             n, states, kind, config.model.max_iter))
         kind, arrays, attrs, history = model_record(estimator, source)
         history["seconds"] = np.asarray(store.pass_seconds())

@@ -29,7 +29,7 @@ def fit(config_path: str, overrides: list[str]) -> dict:
         source = open_data(config)
         store = open_store(config, source)
         estimator = build_estimator(config)
-        estimator.fit(source.X, checkpoint=store,
+        estimator.fit(source.rows if source.rows is not None else source.X, checkpoint=store,
                       callback=lambda n, states: reporter.iteration(
                           n, states, config.model.kind, config.model.max_iter))
         kind, arrays, attrs, history = model_record(estimator, source)

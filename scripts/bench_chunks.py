@@ -3,8 +3,10 @@
     python scripts/bench_chunks.py [--chunks 1000 2000 5000 10000 20000] [--rows 64]
 
 Each chunk holds only ``--rows`` rows of the synthetic generator's virtual store (nothing
-is stored), so the compute is negligible and the seconds per iteration are the cost of
+is stored), so the compute is small and the seconds per iteration are mostly the cost of
 scheduling one pass: (fit with 6 iterations − fit with 2) / 4, k-means, 2 worker processes.
+Two ways in: the store as a dask array (one task per chunk, plus the task that makes the
+chunk) and as a row reader (each task reads about 64 MiB of whole chunks itself).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ def main() -> None:
                                                                    20000])
     parser.add_argument("--rows", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--dask-limit", type=int, default=5000,
+                        help="skip the dask-array way above this many chunks (slow)")
     args = parser.parse_args()
     from distributed import Client, LocalCluster
 
@@ -43,20 +47,27 @@ def main() -> None:
     with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
                       dashboard_address=None, host="127.0.0.1") as cluster, Client(cluster):
         for n_chunks in args.chunks:
-            X = mfs.synthetic_array(n_chunks * args.rows, 4, 3, chunk_rows=args.rows, seed=0)
-            init = np.asarray(X[:3].compute(), dtype=np.float64)
-            times = {}
-            for iters in (2, 6):
-                t0 = time.perf_counter()
-                KMeans(3, init=init, max_iter=iters, tol=0).fit(X)
-                times[iters] = time.perf_counter() - t0
-            per_iter = (times[6] - times[2]) / 4
-            rows.append((n_chunks, per_iter))
-            print(f"{n_chunks:6d} chunks: {per_iter:.3f} s per iteration "
-                  f"({per_iter / n_chunks * 1e3:.3f} ms per chunk)", flush=True)
-    print("\n| chunks | seconds per iteration | ms per chunk |\n|---|---|---|")
-    for n_chunks, per_iter in rows:
-        print(f"| {n_chunks:,} | {per_iter:.2f} | {per_iter / n_chunks * 1e3:.3f} |")
+            reader = mfs.SyntheticRows(n_chunks * args.rows, 4, 3, chunk_rows=args.rows,
+                                       seed=0)
+            init = reader.read(0, 3).astype(np.float64)
+            result = {}
+            for way, X in (("reader", reader), ("dask", reader.to_dask())):
+                if way == "dask" and n_chunks > args.dask_limit:
+                    continue
+                times = {}
+                for iters in (2, 6):
+                    t0 = time.perf_counter()
+                    KMeans(3, init=init, max_iter=iters, tol=0).fit(X)
+                    times[iters] = time.perf_counter() - t0
+                result[way] = (times[6] - times[2]) / 4
+                print(f"{n_chunks:6d} chunks, {way:6s}: {result[way]:.3f} s per iteration",
+                      flush=True)
+            rows.append((n_chunks, result))
+    print("\n| chunks | row reader: s per iteration | dask array: s per iteration |\n"
+          "|---|---|---|")
+    for n_chunks, result in rows:
+        dask_s = f"{result['dask']:.2f}" if "dask" in result else "not run"
+        print(f"| {n_chunks:,} | {result['reader']:.2f} | {dask_s} |")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ on a fixed "land mask" set to NaN), ``npy``.
 from __future__ import annotations
 
 import argparse
+import functools
 import shutil
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ import dask.array as da
 import numpy as np
 
 
+@functools.lru_cache(maxsize=16)
 def mixture(seed: int, n_components: int, n_features: int, separation: float = 2.0):
     """Weights, means and covariance factors (K, d, d) of the generating mixture."""
     rng = np.random.default_rng([seed, 0xFEA7])
@@ -60,6 +62,31 @@ def synthetic_array(n_samples: int, n_features: int = 8, n_components: int = 5, 
 
     return da.map_blocks(block, chunks=(tuple(chunks), (n_features,)), dtype=np.dtype(dtype),
                          meta=np.empty((0, 0), dtype=dtype))
+
+
+class SyntheticRows:
+    """The virtual store as a row reader: tasks generate the rows they read themselves."""
+
+    def __init__(self, n_samples: int, n_features: int = 8, n_components: int = 5, *,
+                 chunk_rows: int = 100_000, seed: int = 0, dtype="float64") -> None:
+        self.shape = (n_samples, n_features)
+        self.n_components, self.chunk_rows, self.seed = n_components, chunk_rows, seed
+        self.dtype = np.dtype(dtype)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        first, last = start // self.chunk_rows, (stop - 1) // self.chunk_rows
+        parts = []
+        for i in range(first, last + 1):
+            rows = min(self.chunk_rows, self.shape[0] - i * self.chunk_rows)
+            parts.append(synthetic_chunk(self.seed, i, rows, self.shape[1], self.n_components,
+                                         self.dtype))
+        block = np.concatenate(parts)
+        offset = first * self.chunk_rows
+        return block[start - offset:stop - offset]
+
+    def to_dask(self) -> da.Array:
+        return synthetic_array(self.shape[0], self.shape[1], self.n_components,
+                               chunk_rows=self.chunk_rows, seed=self.seed, dtype=self.dtype)
 
 
 def feature_names(n_features: int) -> list[str]:

@@ -14,18 +14,49 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Protocol
 
 import dask
 import dask.array as da
 import numpy as np
 
-from daskem.engine.reduce import DEFAULT_SPLIT_EVERY, map_reduce
+from daskem.engine.reduce import DEFAULT_SPLIT_EVERY, ReadRows, map_reduce
 from daskem.errors import DataError, DataWarning
 from daskem.kernels.random import spawn_seeds
 from daskem.kernels.summary import SampleRequest, Summary, summarise_chunk
 
 # Target size of a chunk made from an in-memory array.
 DEFAULT_CHUNK_BYTES = 32 * 2**20
+# Target size of the block of rows one task reads itself from a row reader.
+DEFAULT_TASK_BYTES = 64 * 2**20
+
+
+class RowReader(Protocol):
+    """A source that tasks can read rows from directly (see :class:`~daskem.io.ZarrRows`)."""
+
+    shape: tuple[int, int]
+    dtype: np.dtype
+    chunk_rows: int  # the storage chunking; blocks are whole multiples of it
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` as a float array of shape (stop − start, n_features)."""
+
+    def to_dask(self) -> da.Array:
+        """The same rows as a lazy dask array (for per-sample outputs)."""
+
+
+def is_row_reader(X) -> bool:
+    return hasattr(X, "read") and hasattr(X, "to_dask") and hasattr(X, "chunk_rows")
+
+
+def reader_blocks(reader: RowReader, task_rows: int | None = None) -> list[tuple[int, int]]:
+    """Row ranges of about ``DEFAULT_TASK_BYTES``, in whole storage chunks."""
+    n, d = reader.shape
+    step = reader.chunk_rows
+    if task_rows is None:
+        task_rows = DEFAULT_TASK_BYTES // max(d * np.dtype(reader.dtype).itemsize, 1)
+    task_rows = max(step, task_rows // step * step)
+    return [(start, min(start + task_rows, n)) for start in range(0, n, task_rows)]
 
 
 @dataclass
@@ -35,15 +66,24 @@ class ChunkedData:
     array: da.Array
     weights: da.Array | None
     from_memory: bool
+    reader: RowReader | None = None
+    task_rows: int | None = None
 
     def __post_init__(self) -> None:
-        # optimize_graph=False: optimising drops the futures of a persisted array; the pass
-        # culls its graph when it is computed.
-        blocks = self.array.to_delayed(optimize_graph=False)
-        self.chunks = list(blocks[:, 0])
+        if self.reader is not None:
+            blocks = reader_blocks(self.reader, self.task_rows)
+            self.chunks = [ReadRows(self.reader, a, b) for a, b in blocks]
+            self.offsets = np.array([a for a, _ in blocks], dtype=int)
+            if self.weights is not None:
+                self.weights = self.weights.rechunk((tuple(b - a for a, b in blocks),))
+        else:
+            # optimize_graph=False: optimising drops the futures of a persisted array; the
+            # pass culls its graph when it is computed.
+            self.chunks = list(self.array.to_delayed(optimize_graph=False)[:, 0])
+            self.offsets = np.concatenate([[0], np.cumsum(self.array.chunks[0])[:-1]]
+                                          ).astype(int)
         self.weight_chunks = (None if self.weights is None
                               else list(self.weights.to_delayed(optimize_graph=False)))
-        self.offsets = np.concatenate([[0], np.cumsum(self.array.chunks[0])[:-1]]).astype(int)
 
     @property
     def n_samples(self) -> int:
@@ -72,6 +112,8 @@ class ChunkedData:
 
 
 def _as_dask(X, what: str) -> tuple[da.Array, bool]:
+    if is_row_reader(X):
+        return X.to_dask(), False
     if X is None:
         raise DataError(f"{what} is None; expected an array of shape (n_samples, n_features)")
     if hasattr(X, "dims") and hasattr(X, "data") and hasattr(X, "coords"):  # xarray
@@ -105,6 +147,8 @@ def as_chunked(X, sample_weight=None, *, chunk_rows: int | None = None, what: st
     NumPy input is cut into chunks of about 32 MiB (or ``chunk_rows`` rows) and persisted
     once, so that a distributed scheduler receives it once rather than every iteration.
     """
+    if is_row_reader(X):
+        return _reader_chunked(X, sample_weight, chunk_rows, what)
     arr, from_memory = _as_dask(X, what)
     if arr.ndim != 2:
         hint = " (reshape with X.reshape(-1, 1) for a single feature)" if arr.ndim == 1 else ""
@@ -137,6 +181,20 @@ def as_chunked(X, sample_weight=None, *, chunk_rows: int | None = None, what: st
         arr = arr.persist()
         weights = weights.persist() if weights is not None else None
     return ChunkedData(arr, weights, from_memory)
+
+
+def _reader_chunked(reader, sample_weight, chunk_rows, what) -> ChunkedData:
+    if len(reader.shape) != 2:
+        raise DataError(f"{what} must be 2-D (n_samples, n_features); got shape "
+                        f"{reader.shape}")
+    _check_dtype(np.dtype(reader.dtype), what)
+    if reader.shape[0] == 0:
+        raise DataError(f"{what} has 0 samples")
+    array = reader.to_dask()
+    weights = None
+    if sample_weight is not None:
+        weights = _as_weights(sample_weight, reader.shape[0], array.chunks[0])
+    return ChunkedData(array, weights, False, reader=reader, task_rows=chunk_rows)
 
 
 def _as_weights(sample_weight, n_samples: int, row_chunks) -> da.Array:

@@ -44,7 +44,25 @@ class _Payload:
         self.value = value
 
 
+class ReadRows:
+    """Rows ``start:stop`` of a row reader, read by the task itself.
+
+    A task that reads its own rows needs no task upstream of it: a pass costs the
+    scheduler one task per block of rows however finely the store is chunked.
+    """
+
+    __slots__ = ("reader", "start", "stop")
+
+    def __init__(self, reader, start: int, stop: int) -> None:
+        self.reader, self.start, self.stop = reader, start, stop
+
+    def read(self):
+        return self.reader.read(self.start, self.stop)
+
+
 def _apply_kernel(kernel, x, w, offset, payload: _Payload):
+    if isinstance(x, ReadRows):
+        x = x.read()
     return kernel(x, w, offset, payload.value)
 
 
@@ -70,7 +88,7 @@ def tree_keys(keys: Sequence, split_every: int, name: str, graph: dict):
 
 
 def map_reduce(
-    chunks: Sequence[Delayed],
+    chunks: Sequence[Delayed | ReadRows],
     weight_chunks: Sequence[Delayed] | None,
     offsets: Sequence[int],
     kernel: Callable,
@@ -83,6 +101,7 @@ def map_reduce(
 ):
     """Run ``kernel(x, w, offset, payload)`` on every chunk and add the results up.
 
+    ``chunks`` are the row-chunks of a dask array, or blocks a task reads itself.
     ``kernel`` must return an object whose ``+`` merges partial results. ``payload`` (the
     parameters of the models being fitted) is handed to every chunk task (see
     ``EMBED_PAYLOAD_BYTES``). With ``compute=False`` the ``Delayed`` root is returned.
@@ -102,12 +121,13 @@ def map_reduce(
     else:
         payload_ref = f"daskem-params-{suffix}"
         graph[payload_ref] = wrapped
-    deps = list(chunks)
+    deps = [c for c in chunks if isinstance(c, Delayed)]
     for i, chunk in enumerate(chunks):
         w_key = None
         if weight_chunks is not None:
             w_key = weight_chunks[i].key
-        graph[(map_name, i)] = (_apply_kernel, kernel, chunk.key, w_key, int(offsets[i]),
+        x_ref = chunk.key if isinstance(chunk, Delayed) else chunk
+        graph[(map_name, i)] = (_apply_kernel, kernel, x_ref, w_key, int(offsets[i]),
                                 payload_ref)
     if weight_chunks is not None:
         deps.extend(weight_chunks)

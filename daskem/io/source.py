@@ -25,6 +25,57 @@ from daskem.config import ConfigError, DataConfig
 from daskem.errors import DataError
 
 
+class ZarrRows:
+    """Rows of a 2-D Zarr array, read by the tasks themselves (a row reader).
+
+    Pass it to ``fit`` instead of a dask array: every task then reads a block of about
+    64 MiB of whole Zarr chunks, so a pass costs the scheduler one task per block, however
+    finely the store is chunked. Integers are read as float64; ``standardize`` is an
+    optional (mean, scale) applied to every row read.
+    """
+
+    def __init__(self, path: str, component: str | None = None,
+                 storage_options: dict | None = None,
+                 standardize: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        self.path = path
+        self.component = component
+        self.storage_options = storage_options or None
+        self.standardize = standardize
+        arr = self._open()
+        self.shape = tuple(int(s) for s in arr.shape)
+        self.dtype = np.dtype(np.float64) if arr.dtype.kind in "iub" else arr.dtype
+        self.chunk_rows = int(arr.chunks[0])
+        self._array = arr
+
+    def _open(self):
+        import zarr
+
+        return zarr.open_array(self.path, path=self.component, mode="r",
+                               storage_options=self.storage_options)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_array"] = None  # reopened where it is read
+        return state
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        if self._array is None:
+            self._array = self._open()
+        x = np.asarray(self._array[start:stop]).astype(self.dtype, copy=False)
+        if self.standardize is not None:
+            mean, scale = self.standardize
+            x = ((x - mean) / scale).astype(self.dtype, copy=False)
+        return x
+
+    def to_dask(self) -> da.Array:
+        x = da.from_zarr(self._array if self._array is not None else self._open())
+        x = x.astype(self.dtype)
+        if self.standardize is not None:
+            mean, scale = self.standardize
+            x = ((x - mean) / scale).astype(self.dtype)
+        return x
+
+
 @dataclass
 class GridLayout:
     """How rows map back onto an xarray dataset's sample dimensions."""
@@ -40,6 +91,7 @@ class Source:
 
     full: da.Array  # (n_rows, n_features): every row of the source, in order
     X: da.Array  # the rows used for fitting (``full`` without dropped rows)
+    rows: ZarrRows | None  # a row reader for fitting, where the source allows one
     features: list[str]
     n_dropped: int
     layout: GridLayout | None  # None: outputs are plain arrays aligned with the rows
@@ -228,6 +280,11 @@ def open_source(cfg: DataConfig, *, standardize: tuple[np.ndarray, np.ndarray] |
         X = X.persist()
     description = (f"{cfg.path} ({fmt}): {full.shape[0]:,} rows x {full.shape[1]} features, "
                    f"{full.dtype}, {X.numblocks[0]} chunks")
-    return Source(full=full, X=X, features=names, n_dropped=n_dropped, layout=layout,
+    rows = None
+    if fmt == "zarr" and cfg.missing == "error" and not persist:
+        arr, _ = _open_zarr_array(cfg)
+        rows = ZarrRows(cfg.path, arr.path or None, cfg.storage_options, standardize)
+    return Source(full=full, X=X, rows=rows, features=names, n_dropped=n_dropped,
+                  layout=layout,
                   fingerprint=fingerprint, standardize=standardize, description=description,
                   notes=notes)

@@ -1,0 +1,74 @@
+"""Row readers: tasks that read their own rows give the fits that dask arrays give."""
+
+from __future__ import annotations
+
+import pickle
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+
+from conftest import feature_store_module
+from daskem import GaussianMixture, KMeans
+from daskem.engine.data import as_chunked
+from daskem.engine.reduce import map_reduce
+from daskem.io.source import ZarrRows
+
+
+@pytest.fixture(scope="module")
+def zarr_rows(tmp_path_factory):
+    mfs = feature_store_module()
+    path = tmp_path_factory.mktemp("rows") / "rows.zarr"
+    mfs.write_zarr(str(path), mfs.synthetic_array(5000, 4, 3, chunk_rows=400, seed=3))
+    return ZarrRows(str(path), "X")
+
+
+def test_reader_reads_what_dask_reads(zarr_rows):
+    X = zarr_rows.to_dask()
+    np.testing.assert_array_equal(zarr_rows.read(390, 1210), X[390:1210].compute())
+    copy = pickle.loads(pickle.dumps(zarr_rows))
+    np.testing.assert_array_equal(copy.read(4990, 5000), X[4990:].compute())
+
+
+def test_blocks_are_whole_storage_chunks(zarr_rows):
+    data = as_chunked(zarr_rows, chunk_rows=1000)  # rounded down to 800 = 2 chunks
+    assert [c.stop - c.start for c in data.chunks] == [800] * 6 + [200]
+    assert as_chunked(zarr_rows).n_chunks == 1  # 160 kB: one block of about 64 MiB
+
+
+@pytest.mark.parametrize("make", [
+    lambda: GaussianMixture(3, covariance_type="full", max_iter=8, tol=0, random_state=0,
+                            chunk_rows=400),
+    lambda: KMeans(3, init="k-means||", max_iter=8, tol=0, random_state=0, chunk_rows=400),
+], ids=["gmm", "kmeans"])
+def test_reader_fit_equals_dask_fit(zarr_rows, make, sync_scheduler):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a = make().fit(zarr_rows)
+        b = make().fit(zarr_rows.to_dask())
+    for name in ("means_", "covariances_", "cluster_centers_", "inertia_"):
+        if hasattr(a, name):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    assert isinstance(a.predict(zarr_rows), da.Array)
+
+
+def test_reader_pass_has_one_task_per_block(zarr_rows):
+    data = as_chunked(zarr_rows, chunk_rows=800)
+    root = map_reduce(
+        data.chunks, None, data.offsets, lambda x, w, o, p: x.shape[0], None,
+        phase="test", compute=False)
+    graph = dict(root.dask)
+    n_map = sum(1 for k in graph if isinstance(k, tuple) and "daskem-test" in k[0])
+    assert n_map == data.n_chunks == 7
+    assert len(graph) < 2 * n_map  # the map tasks and the reduction, nothing upstream
+    with dask.config.set(scheduler="synchronous"):
+        assert dask.compute(root)[0] == 5000
+
+
+def test_synthetic_rows_match_the_virtual_store():
+    mfs = feature_store_module()
+    reader = mfs.SyntheticRows(1000, 3, 2, chunk_rows=64, seed=4)
+    np.testing.assert_array_equal(reader.read(60, 300), reader.to_dask()[60:300].compute())
