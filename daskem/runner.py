@@ -26,7 +26,7 @@ from daskem.estimators import GaussianMixture, KMeans
 from daskem.io.outputs import write_outputs
 from daskem.io.source import Source, open_source
 from daskem.kernels.mstep import GaussianParams
-from daskem.store import RunStore, RunStoreError
+from daskem.store import RunStore
 
 EXIT_OK = 0
 EXIT_CONFIG = 2

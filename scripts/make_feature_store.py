@@ -16,7 +16,6 @@ on a fixed "land mask" set to NaN), ``npy``.
 from __future__ import annotations
 
 import argparse
-import functools
 import shutil
 import sys
 from pathlib import Path
@@ -25,7 +24,6 @@ import dask.array as da
 import numpy as np
 
 
-@functools.lru_cache(maxsize=16)
 def mixture(seed: int, n_components: int, n_features: int, separation: float = 2.0):
     """Weights, means and covariance factors (K, d, d) of the generating mixture."""
     rng = np.random.default_rng([seed, 0xFEA7])
@@ -37,9 +35,10 @@ def mixture(seed: int, n_components: int, n_features: int, separation: float = 2
 
 
 def synthetic_chunk(seed: int, chunk_index: int, n_rows: int, n_features: int,
-                    n_components: int, dtype=np.float64) -> np.ndarray:
-    """Rows of one chunk: a pure function of (seed, chunk index)."""
-    weights, means, factors = mixture(seed, n_components, n_features)
+                    n_components: int, dtype=np.float64, mix=None) -> np.ndarray:
+    """Rows of one chunk: a pure function of (seed, chunk index); ``mix`` is
+    ``mixture(seed, n_components, n_features)`` when the caller already has it."""
+    weights, means, factors = mix or mixture(seed, n_components, n_features)
     rng = np.random.default_rng([seed, chunk_index])
     labels = rng.choice(n_components, size=n_rows, p=weights)
     noise = rng.standard_normal((n_rows, n_features))
@@ -72,6 +71,7 @@ class SyntheticRows:
         self.shape = (n_samples, n_features)
         self.n_components, self.chunk_rows, self.seed = n_components, chunk_rows, seed
         self.dtype = np.dtype(dtype)
+        self.mix = mixture(seed, n_components, n_features)
 
     def read(self, start: int, stop: int) -> np.ndarray:
         first, last = start // self.chunk_rows, (stop - 1) // self.chunk_rows
@@ -79,7 +79,7 @@ class SyntheticRows:
         for i in range(first, last + 1):
             rows = min(self.chunk_rows, self.shape[0] - i * self.chunk_rows)
             parts.append(synthetic_chunk(self.seed, i, rows, self.shape[1], self.n_components,
-                                         self.dtype))
+                                         self.dtype, self.mix))
         block = np.concatenate(parts)
         offset = first * self.chunk_rows
         return block[start - offset:stop - offset]

@@ -10,9 +10,10 @@ def make_blobs(n_samples=2000, n_features=3, n_centers=3, seed=0, spread=1.0, of
     """Anisotropic Gaussian blobs with unequal sizes (a mixture worth fitting)."""
     rng = np.random.default_rng(seed)
     centers = rng.normal(scale=6.0, size=(n_centers, n_features))
-    sizes = rng.multinomial(n_samples, np.linspace(1, 2, n_centers) / np.linspace(1, 2, n_centers).sum())
+    share = np.linspace(1, 2, n_centers)
+    sizes = rng.multinomial(n_samples, share / share.sum())
     parts = []
-    for c, size in zip(centers, sizes):
+    for c, size in zip(centers, sizes, strict=False):
         a = rng.normal(size=(n_features, n_features)) * 0.5 + np.eye(n_features)
         parts.append(rng.normal(size=(size, n_features)) @ a * spread + c)
     X = np.concatenate(parts) + offset

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import yaml
 import zarr
-
 from conftest import make_blobs
+
 from daskem import (
     ClusterPolicyWarning,
     ConvergenceWarning,

@@ -17,8 +17,8 @@ import pytest
 import xarray as xr
 import yaml
 import zarr
-
 from conftest import feature_store_module
+
 from daskem import GaussianMixture, KMeans
 from daskem.store import RunStore
 
@@ -190,7 +190,8 @@ def test_join_cluster_fsspec_url_json_log_and_predict(tmp_path, small_store):
                            data={"path": f"file://{small_store}", "chunk_rows": 1000},
                            model={"kind": "kmeans", "n_components": 3, "max_iter": 20},
                            run={"store": str(store)})
-        cfg.write_text(cfg.read_text().replace("n_workers: 2", f"address: {cluster.scheduler_address}"))
+        cfg.write_text(cfg.read_text().replace("n_workers: 2",
+                                               f"address: {cluster.scheduler_address}"))
         log = tmp_path / "log.jsonl"
         result = run_cli("run", str(cfg), "--log-json", str(log))
         assert result.returncode == 0, result.stderr

@@ -8,9 +8,9 @@ import dask
 import dask.array as da
 import numpy as np
 import pytest
+from conftest import make_blobs
 from distributed import Client, LocalCluster
 
-from conftest import make_blobs
 from daskem import ConvergenceWarning, GaussianMixture, KMeans
 
 pytestmark = pytest.mark.distributed

@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 import yaml
 import zarr
+from conftest import feature_store_module
 from distributed import Client, LocalCluster
 
-from conftest import feature_store_module
 from daskem import GaussianMixture, KMeans
 from daskem.store import CheckpointWarning, RunStore
 

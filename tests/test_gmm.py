@@ -7,11 +7,11 @@ import warnings
 import dask.array as da
 import numpy as np
 import pytest
+from conftest import make_blobs
 from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
-from conftest import make_blobs
 from daskem import ConvergenceWarning, GaussianMixture
 
 TYPES = ["full", "tied", "diag", "spherical"]

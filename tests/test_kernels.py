@@ -253,7 +253,8 @@ def test_stats_merge_equals_one_chunk(cuts, ctype):
     kp = GaussianKernelParams.build(weights, means, compute_precision_cholesky(cov, ctype),
                                     ctype, np.float64, far_capacity=3)
     bounds = sorted(set([0, 60] + cuts))
-    parts = [gaussian_chunk_stats(x[a:b], None, a, kp) for a, b in zip(bounds, bounds[1:])]
+    parts = [gaussian_chunk_stats(x[a:b], None, a, kp)
+             for a, b in zip(bounds, bounds[1:], strict=False)]
     total = parts[0]
     for p in parts[1:]:
         total = total + p

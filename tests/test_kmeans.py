@@ -7,9 +7,9 @@ import warnings
 import dask.array as da
 import numpy as np
 import pytest
+from conftest import make_blobs
 from sklearn.cluster import KMeans as SkKMeans
 
-from conftest import make_blobs
 from daskem import ClusterPolicyWarning, KMeans
 
 CHUNKINGS = {

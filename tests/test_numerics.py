@@ -8,10 +8,10 @@ import dask
 import dask.array as da
 import numpy as np
 import pytest
+from conftest import make_blobs
 from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 
-from conftest import make_blobs
 from daskem import ConvergenceWarning, GaussianMixture, KMeans
 
 
@@ -19,7 +19,7 @@ def two_pass_m_step(X, weights, means, covariances, reg_covar):
     """One EM step in float64, textbook style: responsibilities, means, then covariances
     around those means (a second pass)."""
     log_prob = np.stack([np.log(w) + multivariate_normal(m, c).logpdf(X)
-                         for w, m, c in zip(weights, means, covariances)], axis=1)
+                         for w, m, c in zip(weights, means, covariances, strict=False)], axis=1)
     resp = np.exp(log_prob - logsumexp(log_prob, axis=1, keepdims=True))
     nk = resp.sum(axis=0)
     new_means = resp.T @ X / nk[:, None]

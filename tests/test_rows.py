@@ -8,9 +8,9 @@ import dask
 import dask.array as da
 import numpy as np
 import pytest
-
 from conftest import feature_store_module
-from daskem import GaussianMixture, KMeans
+
+from daskem import ConvergenceWarning, GaussianMixture, KMeans
 from daskem.engine.data import as_chunked
 from daskem.engine.reduce import map_reduce
 from daskem.io.source import ZarrRows
@@ -72,3 +72,49 @@ def test_synthetic_rows_match_the_virtual_store():
     mfs = feature_store_module()
     reader = mfs.SyntheticRows(1000, 3, 2, chunk_rows=64, seed=4)
     np.testing.assert_array_equal(reader.read(60, 300), reader.to_dask()[60:300].compute())
+
+
+class CountingRows:
+    """A row reader that counts what it reads (the synchronous scheduler runs in-process)."""
+
+    def __init__(self, X, chunk_rows):
+        self.X, self.chunk_rows = X, chunk_rows
+        self.shape, self.dtype = X.shape, X.dtype
+        self.reads: list[tuple[int, int]] = []
+
+    def read(self, start, stop):
+        self.reads.append((start, stop))
+        return self.X[start:stop]
+
+    def to_dask(self):
+        return da.from_array(self.X, chunks=(self.chunk_rows, -1))
+
+
+def test_every_iteration_reads_the_store_once(sync_scheduler):
+    X = np.random.default_rng(0).normal(size=(3000, 3))
+    rows = CountingRows(X, 250)
+    KMeans(3, init=X[:3], max_iter=7, tol=0, chunk_rows=500).fit(rows)
+    blocks = [(a, min(a + 500, 3000)) for a in range(0, 3000, 500)]
+    passes = 1 + 7 + 1  # the summary, seven iterations, the final inertia
+    assert sorted(rows.reads) == sorted(blocks * passes)
+
+
+class GraphSizes:
+    def __init__(self):
+        self.sizes = []
+
+    def __call__(self, dsk, keys, **kwargs):
+        graph = dsk.__dask_graph__() if hasattr(dsk, "__dask_graph__") else dsk
+        self.sizes.append(len(dict(graph)))
+        return dask.get(dsk, keys, **kwargs)
+
+
+def test_no_graph_growth_over_many_iterations():
+    X = da.from_array(np.random.default_rng(1).normal(size=(2000, 2)), chunks=(100, 2))
+    sizes = GraphSizes()
+    with dask.config.set(scheduler=sizes), pytest.warns(ConvergenceWarning):
+        GaussianMixture(4, covariance_type="diag", max_iter=150, tol=0, random_state=0,
+                        init_params="random_from_data").fit(X)
+    per_iteration = sizes.sizes[2:-1]  # after the summary and initialisation passes
+    assert len(per_iteration) >= 149
+    assert len(set(per_iteration)) == 1, set(per_iteration)

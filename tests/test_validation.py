@@ -6,8 +6,8 @@ import dask.array as da
 import numpy as np
 import pytest
 import xarray as xr
-
 from conftest import make_blobs
+
 from daskem import (
     DataError,
     GaussianMixture,

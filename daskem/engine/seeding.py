@@ -18,6 +18,7 @@ from daskem.engine.data import ChunkedData
 from daskem.engine.em import EMState, KMeansFamily, evaluate, run_em
 from daskem.engine.reduce import DEFAULT_SPLIT_EVERY
 from daskem.kernels.estep import KMeansKernelParams, kmeans_chunk_stats
+from daskem.kernels.gaussian import compute_precision_cholesky
 from daskem.kernels.mstep import GaussianParams, gaussian_m_step
 from daskem.kernels.seeding import (
     ParallelRound,
@@ -27,7 +28,6 @@ from daskem.kernels.seeding import (
     parallel_round_chunk,
 )
 from daskem.kernels.summary import Summary
-from daskem.kernels.gaussian import compute_precision_cholesky
 
 
 def kmeans_parallel(data: ChunkedData, summary: Summary, n_clusters: int,

@@ -8,8 +8,8 @@ import numbers
 import numpy as np
 
 from daskem.engine.data import ChunkedData, _as_dask, _check_dtype, as_chunked, summarise
-from daskem.kernels.summary import Summary
 from daskem.errors import DataError, NotFittedError, ParameterError
+from daskem.kernels.summary import Summary
 
 
 class ParamsMixin:
