@@ -8,6 +8,7 @@ import dask
 import dask.array as da
 import numpy as np
 import pytest
+import zarr
 from conftest import feature_store_module
 
 from daskem import ConvergenceWarning, GaussianMixture, KMeans
@@ -118,3 +119,14 @@ def test_no_graph_growth_over_many_iterations():
     per_iteration = sizes.sizes[2:-1]  # after the summary and initialisation passes
     assert len(per_iteration) >= 149
     assert len(set(per_iteration)) == 1, set(per_iteration)
+
+
+def test_errors_name_the_storage_chunk(tmp_path):
+    from daskem import DataError
+
+    X = np.random.default_rng(2).normal(size=(1000, 2))
+    X[612, 1] = np.nan
+    group = zarr.open_group(str(tmp_path / "nan.zarr"), mode="w")
+    group.create_array("X", data=X, chunks=(100, 2))
+    with pytest.raises(DataError, match=r"row 612 \(chunk 6\)"):
+        KMeans(2).fit(ZarrRows(str(tmp_path / "nan.zarr"), "X"))

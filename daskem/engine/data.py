@@ -108,6 +108,9 @@ class ChunkedData:
                           phase=phase, label=label, split_every=split_every)
 
     def chunk_of_row(self, row: int) -> int:
+        """The source's chunk holding ``row`` (the storage chunk, for a row reader)."""
+        if self.reader is not None:
+            return int(row // self.reader.chunk_rows)
         return int(np.searchsorted(self.offsets, row, side="right") - 1)
 
 
