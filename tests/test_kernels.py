@@ -72,7 +72,7 @@ def test_log_gaussian_prob_matches_scipy(ctype):
                         axis=1)
     np.testing.assert_allclose(log_gaussian_prob(x, means, prec_chol, ctype), expected,
                                rtol=1e-12)
-    kp = GaussianKernelParams.build(weights, means, prec_chol, ctype, np.float64)
+    kp = GaussianKernelParams.build(weights, means, prec_chol, ctype)
     np.testing.assert_allclose(gaussian_log_prob(x, kp), expected + np.log(weights),
                                rtol=1e-12)
     np.testing.assert_allclose(covariances_from_precision_cholesky(prec_chol, ctype), cov,
@@ -91,7 +91,7 @@ def test_gaussian_chunk_stats_match_naive_loop(ctype, weighted):
     if ctype == "fixed":
         cov = np.full(3, 2.0)
     prec_chol = compute_precision_cholesky(cov, ctype)
-    kp = GaussianKernelParams.build(weights, means, prec_chol, ctype, np.float64)
+    kp = GaussianKernelParams.build(weights, means, prec_chol, ctype)
     stats = gaussian_chunk_stats(x, w, 0, kp)
     full = dense_cov(base, cov, 3, 4)
     # naive: one row and one component at a time
@@ -132,7 +132,7 @@ def test_m_step_matches_sklearn(ctype):
     weights, means, cov = random_params(ctype, d=3)
     means = means + 50
     prec_chol = compute_precision_cholesky(cov, ctype)
-    kp = GaussianKernelParams.build(weights, means, prec_chol, ctype, np.float64)
+    kp = GaussianKernelParams.build(weights, means, prec_chol, ctype)
     stats = gaussian_chunk_stats(x, None, 0, kp)
     params, events = gaussian_m_step(stats, kp.shift, ctype, 1e-6)
     logp = log_gaussian_prob(x, means, prec_chol, ctype) + np.log(weights)
@@ -185,7 +185,7 @@ def test_collapsed_component_reseeded_at_worst_row():
     means = np.array([[0.0, 0.0], [8.0, 8.0], [-500.0, -500.0]])
     cov = np.ones((3, 2))
     kp = GaussianKernelParams.build(weights, means, compute_precision_cholesky(cov, "diag"),
-                                    "diag", np.float64, far_capacity=3)
+                                    "diag", far_capacity=3)
     stats = gaussian_chunk_stats(x, None, 0, kp)
     params, events = gaussian_m_step(stats, means, "diag", 1e-6)
     assert [e.component for e in events] == [2]
@@ -251,7 +251,7 @@ def test_stats_merge_equals_one_chunk(cuts, ctype):
     x = rng.normal(size=(60, 3))
     weights, means, cov = random_params(ctype, d=3)
     kp = GaussianKernelParams.build(weights, means, compute_precision_cholesky(cov, ctype),
-                                    ctype, np.float64, far_capacity=3)
+                                    ctype, far_capacity=3)
     bounds = sorted(set([0, 60] + cuts))
     parts = [gaussian_chunk_stats(x[a:b], None, a, kp)
              for a, b in zip(bounds, bounds[1:], strict=False)]

@@ -16,7 +16,6 @@ import warnings
 from dataclasses import dataclass
 from typing import Protocol
 
-import dask
 import dask.array as da
 import numpy as np
 
@@ -265,8 +264,3 @@ def check_variation(dtype: np.dtype, summary: Summary) -> None:
     warnings.warn(f"{constant.size} feature(s) of X are constant (columns {shown}); they "
                   f"carry no information for clustering{hint}", DataWarning, stacklevel=4)
 
-
-def compute_lazy(obj):
-    """Compute a small dask object (used only for O(K·d) results)."""
-    (value,) = dask.compute(obj)
-    return value

@@ -54,9 +54,11 @@ class GaussianFamily:
     kernel = staticmethod(gaussian_chunk_stats)
 
     def kernel_params(self, params: GaussianParams, dtype, far: bool = True):
+        # The mixture kernels form their features in float64 whatever ``dtype`` is.
+        del dtype
         return GaussianKernelParams.build(
             params.weights, params.means, params.precisions_cholesky, self.covariance_type,
-            dtype, hard=self.hard, far_capacity=params.n_components if far else 0)
+            hard=self.hard, far_capacity=params.n_components if far else 0)
 
     def update(self, state: EMState, stats: Stats, kparams: GaussianKernelParams) -> EMState:
         lower_bound = stats.objective / stats.weight_sum

@@ -147,7 +147,7 @@ class GaussianKernelParams:
     far_capacity: int = 0
 
     @classmethod
-    def build(cls, weights, means, prec_chol, covariance_type, dtype=None, hard=False,
+    def build(cls, weights, means, prec_chol, covariance_type, *, hard=False,
               far_capacity=0) -> GaussianKernelParams:
         weights = np.asarray(weights, dtype=np.float64)
         means = np.asarray(means, dtype=np.float64)
