@@ -7,6 +7,7 @@ Every failure prints one line, ``daskem: error: ...``, saying what is wrong.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -41,6 +42,10 @@ def _guard(fn):
     """Run ``fn`` and turn daskem's errors into one line and an exit code."""
     try:
         return fn()
+    except BrokenPipeError:
+        # The reader of our output went away (`daskem inspect ... | head`): stop quietly.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return runner.EXIT_OK
     except (ConfigError, RunStoreError, ParameterError) as exc:
         _fail(runner.EXIT_CONFIG, str(exc))
     except DataError as exc:

@@ -62,18 +62,22 @@ class Reporter:
             self.json_stream.flush()
 
     def iteration(self, n_pass: int, states: list[EMState], kind: str, max_iter: int) -> None:
-        best = _best_index(states, kind)
-        state = states[best]
-        objective = state.objectives[-1]
-        change = objective - state.objectives[-2] if len(state.objectives) > 1 else float("nan")
+        """One line per pass: the iteration reached, the best restart's objective, and the
+        largest change among the restarts that ran in this pass."""
+        best = states[_best_index(states, kind)]
+        objective = best.objectives[-1]
+        iteration = max(s.n_iter for s in states)
+        moved = [abs(s.objectives[-1] - s.objectives[-2]) for s in states
+                 if s.n_iter == iteration and len(s.objectives) > 1]
+        change = max(moved) if moved else float("nan")
         elapsed = time.monotonic() - self.started
         running = sum(not s.converged and s.n_iter < max_iter for s in states)
         name = "lower bound" if kind == "gmm" else "inertia"
         if not self.quiet:
-            print(f"iter {state.n_iter:4d}/{max_iter}  {name} {objective:.10g}  "
-                  f"change {change:+.3e}  running {running}/{len(states)}  "
+            print(f"iter {iteration:4d}/{max_iter}  best {name} {objective:.10g}  "
+                  f"change {change:.3e}  running {running}/{len(states)}  "
                   f"{elapsed:7.1f} s", file=self.stream, flush=True)
-        self.event("iteration", iteration=state.n_iter, objective=objective, change=change,
+        self.event("iteration", iteration=iteration, objective=objective, change=change,
                    running=running, elapsed=round(elapsed, 3))
 
 

@@ -46,7 +46,7 @@ def test_run_zarr_store_end_to_end(tmp_path, small_store):
                        model=model, run={"store": str(store)})
     result = run_cli("run", str(cfg))
     assert result.returncode == 0, result.stderr
-    assert "iter    1/40" in result.stdout and "done: gmm" in result.stdout
+    assert "iter    1/40  best lower bound" in result.stdout and "done: gmm" in result.stdout
 
     # the same fit through the estimator API, in this process
     X = da.from_zarr(str(small_store), component="X").rechunk((700, 4))
