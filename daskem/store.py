@@ -117,6 +117,7 @@ class RunStore:
         self._fs, self._root = fsspec.core.url_to_fs(self.path, **self.storage_options)
         self._zarr = zarr
         self._last_save = time.monotonic()
+        self._seconds: list[float] | None = None  # pass timings, kept here once known
 
     # ---------------------------------------------------------------- the group
 
@@ -218,7 +219,10 @@ class RunStore:
                 arrays.append(value)
             sub.attrs.update(_state_attrs(state))
         now = time.monotonic()
-        seconds = self._previous_seconds() + [now - self._last_save]
+        if self._seconds is None:  # saving without a load first: read them once
+            self._seconds = self._stored_seconds()
+        self._seconds.append(now - self._last_save)
+        seconds = list(self._seconds)
         self._last_save = now
         checksum = _checksum(arrays)
         group.attrs.update({"step": step, "n_models": len(states), "seconds": seconds,
@@ -227,9 +231,9 @@ class RunStore:
 
     def pass_seconds(self) -> list[float]:
         """Seconds between consecutive checkpoints (the first: start to initialised)."""
-        return self._previous_seconds()
+        return list(self._seconds) if self._seconds is not None else self._stored_seconds()
 
-    def _previous_seconds(self) -> list[float]:
+    def _stored_seconds(self) -> list[float]:
         pointer = self.read_pointer()
         if pointer is None:
             return []
@@ -283,7 +287,9 @@ class RunStore:
                 if i:
                     warnings.warn(f"{self.path}: checkpoint {candidates[0][0]} is damaged; "
                                   f"resuming from {name}", CheckpointWarning, stacklevel=2)
+                self._seconds = list(self._group("r")[name].attrs.get("seconds", []))
                 return states
+        self._seconds = []
         return None
 
     # ---------------------------------------------------------------- model, history
