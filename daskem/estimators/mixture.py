@@ -9,7 +9,7 @@ import numpy as np
 from daskem.engine.data import as_chunked
 from daskem.engine.em import EMState, GaussianFamily, evaluate, fit_states
 from daskem.engine.reduce import DEFAULT_SPLIT_EVERY
-from daskem.engine.seeding import initial_gaussians
+from daskem.engine.seeding import MixtureStart, initial_mixtures
 from daskem.errors import ClusterPolicyWarning, ConvergenceWarning, DataError, ParameterError
 from daskem.estimators.base import (
     ParamsMixin,
@@ -177,16 +177,11 @@ class GaussianMixture(ParamsMixin):
             seeds = spawn_seeds(rng, self.n_init)
             if len(user) == 3 or (self.covariance_type == "fixed" and len(user) == 2):
                 return [EMState(self._from_user(user, None))] * len(seeds)
-            computed = initial_gaussians(
-                data, summary, self.n_components, self.covariance_type, self.init_params,
-                seeds, reg_covar=self.reg_covar, fixed_variance=self.fixed_variance,
-                split_every=self.split_every)
+            computed = initial_mixtures(data, summary, self._starts(seeds),
+                                        split_every=self.split_every)
             return [EMState(self._from_user(user, p)) for p in computed]
 
-        family = GaussianFamily(self.covariance_type, self.reg_covar, self.tol,
-                                hard=self.assignment == "hard",
-                                fixed_variance=self.fixed_variance)
-        states = fit_states(data, [family] * self.n_init, initial, max_iter=self.max_iter,
+        states = fit_states(data, [self._family()] * self.n_init, initial, max_iter=self.max_iter,
                             split_every=self.split_every, checkpoint=checkpoint,
                             callback=callback or (self._report if self.verbose else None))
         # scikit-learn keeps the first restart with the highest final lower bound.
@@ -205,6 +200,15 @@ class GaussianMixture(ParamsMixin):
                           f"n_components ({self.n_components}). Possibly due to duplicate "
                           "points in X.", ConvergenceWarning, stacklevel=2)
         return self
+
+    def _starts(self, seeds) -> list[MixtureStart]:
+        return [MixtureStart(self.n_components, self.covariance_type, self.init_params,
+                             int(seed), self.reg_covar, self.fixed_variance) for seed in seeds]
+
+    def _family(self) -> GaussianFamily:
+        return GaussianFamily(self.covariance_type, self.reg_covar, self.tol,
+                              hard=self.assignment == "hard",
+                              fixed_variance=self.fixed_variance)
 
     def _from_user(self, user: dict, computed: GaussianParams | None) -> GaussianParams:
         ctype = self.covariance_type

@@ -115,7 +115,7 @@ class ParallelRound:
     centers: tuple  # per restart: (m, d) float64 centers chosen so far
     seeds: tuple  # per restart
     round: int
-    oversampling: float  # ℓ, expected rows kept per round
+    oversampling: tuple  # per restart: ℓ, expected rows kept per round
 
 
 @dataclass
@@ -168,13 +168,14 @@ def parallel_round_chunk(x: np.ndarray, w: np.ndarray | None, offset: int,
     """The rows of one chunk that a k-means|| round may keep, for every restart."""
     n = x.shape[0]
     items = []
-    for centers, seed in zip(request.centers, request.seeds, strict=True):
+    for centers, seed, ell in zip(request.centers, request.seeds, request.oversampling,
+                                  strict=True):
         cost = min_squared_distances(x, centers)
         if w is not None:
             cost = cost * w
         u = row_uniform(seed, PARALLEL_STREAM + request.round, offset, offset + n)
         cand = Candidates(float(cost.sum()), cost / u, np.arange(n, dtype=np.int64) + offset,
-                          x, request.oversampling).pruned()
+                          x, ell).pruned()
         cand.x = np.asarray(cand.x, dtype=np.float64)
         items.append(cand)
     return CandidateList(items)
