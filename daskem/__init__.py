@@ -13,7 +13,7 @@ from daskem.errors import (
     NotFittedError,
     ParameterError,
 )
-from daskem.estimators import GaussianMixture, KMeans
+from daskem.estimators import GaussianMixture, KMeans, Selection, select_mixture
 
 __version__ = "0.1.0"
 
@@ -28,5 +28,7 @@ __all__ = [
     "KMeans",
     "NotFittedError",
     "ParameterError",
+    "Selection",
     "__version__",
+    "select_mixture",
 ]
