@@ -82,21 +82,22 @@ def _lost_scheduler(exc: BaseException) -> bool:
     return isinstance(exc, (CommClosedError, TimeoutError)) or "scheduler" in str(exc).lower()
 
 
-@app.command()
-def run(
-    config: ConfigArg,
-    set_: SetOpt = [],  # noqa: B006 - typer reads the default, never mutates it
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress lines")] = False,
-    log_json: Annotated[Path | None, typer.Option(
-        help="append JSON-lines progress records to this file ('-' for stdout)")] = None,
-    force: Annotated[bool, typer.Option(help="resume even if the data source changed "
-                                        "shape or chunking since the run started")] = False,
-    debug: Annotated[bool, typer.Option(help="show distributed's own client logs")] = False,
-) -> None:
-    """Fit the model a config describes; resumes an interrupted run, skips a finished one."""
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress lines")]
+LogJsonOpt = Annotated[Path | None, typer.Option(
+    help="append JSON-lines progress records to this file ('-' for stdout)")]
+ForceOpt = Annotated[bool, typer.Option(help="resume even if the data source changed shape "
+                                        "or chunking since the run started")]
+DebugOpt = Annotated[bool, typer.Option(help="show distributed's own client logs")]
+
+
+def _job(config: Path, set_: list[str], quiet: bool, log_json: Path | None, force: bool,
+         debug: bool, *, select: bool) -> None:
     def job():
         _quiet_client_logs(debug)
         cfg = load_config(config, set_)
+        if select and cfg.select is None:
+            raise ConfigError(f"{config}: no select section (select: {{n_components: [...], "
+                              "covariance_types: [...]}}); see configs/select.yaml")
         stream = None
         if log_json is not None:
             stream = sys.stdout if str(log_json) == "-" else open(log_json, "a")  # noqa: SIM115
@@ -109,6 +110,25 @@ def run(
                 stream.close()
 
     raise typer.Exit(_guard(job))
+
+
+@app.command()
+def run(config: ConfigArg, set_: SetOpt = [], quiet: QuietOpt = False,  # noqa: B006
+        log_json: LogJsonOpt = None, force: ForceOpt = False, debug: DebugOpt = False) -> None:
+    """Fit the model a config describes; resumes an interrupted run, skips a finished one.
+
+    A config with a select section fits its grid of candidates (as daskem select does).
+    """
+    _job(config, set_, quiet, log_json, force, debug, select=False)
+
+
+@app.command()
+def select(config: ConfigArg, set_: SetOpt = [], quiet: QuietOpt = False,  # noqa: B006
+           log_json: LogJsonOpt = None, force: ForceOpt = False,
+           debug: DebugOpt = False) -> None:
+    """Fit every candidate of the config's select section in shared passes; keep the best
+    by BIC or AIC, and every candidate's parameters, in the run store."""
+    _job(config, set_, quiet, log_json, force, debug, select=True)
 
 
 @app.command()
@@ -162,6 +182,10 @@ def inspect(
             info["history"] = {k: v.tolist() for k, v in store.read_history().items()}
         except RunStoreError:
             info["model"] = None
+        selection = store.read_selection()
+        info["selection"] = None if selection is None else {
+            "criterion": selection["criterion"], "chosen": selection["chosen"],
+            "table": selection["table"]}
         if as_json:
             print(json.dumps(info, indent=2, default=str))
             return runner.EXIT_OK
@@ -179,6 +203,15 @@ def inspect(
             if objective:
                 shown = ", ".join(f"{v:.6g}" for v in objective[-5:])
                 print(f"history: {len(objective)} iterations, last: {shown}")
+        if info["selection"]:
+            sel = info["selection"]
+            print(f"selection by {sel['criterion'].upper()} among {len(sel['table'])} "
+                  "candidates (* chosen):")
+            for row in sel["table"]:
+                print(f"  {'*' if row['chosen'] else ' '} {row['n_components']:>4} "
+                      f"{row['covariance_type']:<10} BIC {row['bic']:.8g}  AIC "
+                      f"{row['aic']:.8g}  log L {row['log_likelihood']:.8g}  "
+                      f"params {row['n_parameters']}")
         data = (info["config"] or {}).get("data", {})
         print(f"data: {data.get('path')}")
         return runner.EXIT_OK
@@ -200,6 +233,25 @@ def predict(
         cfg = load_config(data) if data is not None else None
         return runner.predict_job(run_store, runner.Reporter(quiet=quiet), data_config=cfg,
                                   out=out)
+
+    raise typer.Exit(_guard(job))
+
+
+@app.command()
+def report(
+    run_store: Annotated[str, typer.Argument(help="a run store holding a fitted model")],
+    out: Annotated[Path | None, typer.Option(help="directory for report.html and its PNGs "
+                                             "(default: <run store>-report)")] = None,
+    sample_rows: Annotated[int, typer.Option(min=100, help="rows of the data to plot")] = 4000,
+) -> None:
+    """Write a self-contained HTML report of a run: objective per iteration, weights, the
+    clusters in 2-D with covariance ellipses, feature means, and BIC/AIC for selections."""
+    def job():
+        from daskem.report import write_report
+
+        page = write_report(run_store, out, sample_rows=sample_rows)
+        print(f"wrote {page} (and its figures as PNG files beside it)")
+        return runner.EXIT_OK
 
     raise typer.Exit(_guard(job))
 

@@ -50,6 +50,13 @@ class DataConfig(_Section):
     storage_options: dict[str, Any] = Field(default_factory=dict)
 
 
+class FromRun(_Section):
+    """Warm start: begin from the fitted model of an earlier run store."""
+
+    from_run: str = Field(description="run store whose model starts this fit; its feature "
+                          "count and names must equal the data's")
+
+
 class ModelConfig(_Section):
     """The estimator and its parameters (the estimator classes document each one)."""
 
@@ -58,8 +65,9 @@ class ModelConfig(_Section):
     covariance_type: Literal["full", "tied", "diag", "spherical", "fixed"] = "full"
     assignment: Literal["soft", "hard"] = "soft"
     fixed_variance: float = Field(1.0, gt=0)
-    init: Literal["kmeans", "k-means||", "k-means++", "random", "random_from_data"] | None = (
-        Field(None, description="gmm default 'kmeans', kmeans default 'k-means||'"))
+    init: Literal["kmeans", "k-means||", "k-means++", "random", "random_from_data"] | FromRun \
+        | None = Field(None, description="gmm default 'kmeans', kmeans default 'k-means||'; "
+                       "or {from_run: PATH} to start from an earlier run's model")
     n_init: int = Field(1, ge=1)
     max_iter: int = Field(100, ge=1)
     tol: float | None = Field(None, ge=0, description="gmm default 1e-3, kmeans 1e-4")
@@ -72,6 +80,10 @@ class ModelConfig(_Section):
         gmm_inits = {"kmeans", "k-means++", "random", "random_from_data"}
         kmeans_inits = {"k-means||", "k-means++", "random"}
         allowed = gmm_inits if self.kind == "gmm" else kmeans_inits
+        if isinstance(self.init, FromRun):
+            if self.n_init != 1:
+                raise ValueError("a warm start (init.from_run) is one start; set n_init: 1")
+            return self
         if self.init is not None and self.init not in allowed:
             raise ValueError(f"init {self.init!r} is not available for kind {self.kind!r}; "
                              f"expected one of {', '.join(sorted(allowed))}")
@@ -127,6 +139,30 @@ class OutputConfig(_Section):
     log_likelihood: bool = Field(True, description="gmm only")
 
 
+class SelectConfig(_Section):
+    """Model selection: fit every size x covariance type in shared passes, pick the best.
+
+    Replaces ``model.n_components`` and ``model.covariance_type``; the rest of ``model``
+    (init, n_init, tol, max_iter, ...) applies to every candidate.
+    """
+
+    n_components: list[int] = Field(min_length=1, description="candidate numbers of "
+                                    "components, e.g. [2, 3, 4, 5, 6, 7, 8, 9]")
+    covariance_types: list[Literal["full", "tied", "diag", "spherical", "fixed"]] = Field(
+        default_factory=lambda: ["full"], min_length=1, description="candidate covariance "
+        "types")
+    criterion: Literal["bic", "aic"] = Field("bic", description="lower is better")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> SelectConfig:
+        if any(k < 1 for k in self.n_components):
+            raise ValueError("n_components must be integers >= 1")
+        if len(set(self.n_components)) != len(self.n_components) or \
+                len(set(self.covariance_types)) != len(self.covariance_types):
+            raise ValueError("n_components and covariance_types must not repeat a value")
+        return self
+
+
 class RunSection(_Section):
     store: str = Field(description="the run store (Zarr): checkpoints, model, history")
 
@@ -139,20 +175,50 @@ class RunConfig(_Section):
     fit: FitConfig = FitConfig()
     cluster: ClusterConfig | None = None
     output: OutputConfig = OutputConfig()
+    select: SelectConfig | None = Field(None, description="fit a grid of mixtures and "
+                                        "choose one (daskem select)")
     run: RunSection
 
+    @model_validator(mode="after")
+    def _select_fits_model(self) -> RunConfig:
+        if self.select is not None:
+            if self.model.kind != "gmm":
+                raise ValueError("select chooses among Gaussian mixtures; set model.kind: gmm")
+            if isinstance(self.model.init, FromRun):
+                raise ValueError("select starts every candidate afresh; model.init.from_run "
+                                 "does not apply")
+        return self
+
+    @property
+    def largest_model(self) -> int:
+        """The most components any model of this job has."""
+        return max(self.select.n_components) if self.select else self.model.n_components
+
     def result_hash(self) -> str:
-        """Hash of the sections that decide the fitted parameters (data, model, fit).
+        """Hash of the sections that decide the fitted parameters (data, model, fit, select).
 
         The cluster and the outputs can change between an interrupted run and its resume.
         """
-        payload = {k: self.model_dump(mode="json")[k] for k in ("data", "model", "fit")}
+        dumped = self.model_dump(mode="json")
+        payload = {k: dumped[k] for k in ("data", "model", "fit")}
+        if self.select is not None:
+            payload["select"] = dumped["select"]
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _error_path(error: dict) -> str:
+    # A union's members appear in the location ("literal[...]", "FromRun"): drop them.
+    parts = [str(p) for p in error["loc"]
+             if not (str(p).startswith("literal[") or str(p) in _UNION_MEMBERS)]
+    return ".".join(parts) or "(top level)"
+
+
+_UNION_MEMBERS = {"FromRun", "SecurityConfig", "ClusterConfig", "SelectConfig"}
+
+
 def _format_error(error: dict) -> str:
-    path = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    path = _error_path(error)
     kind = error["type"]
     if kind == "extra_forbidden":
         return f"{path}: unknown key"
@@ -160,7 +226,9 @@ def _format_error(error: dict) -> str:
         return f"{path}: required key is missing"
     if kind == "literal_error":
         expected = error.get("ctx", {}).get("expected", "")
-        return f"{path}: expected one of {expected.replace(' or ', ', ')}; got {error['input']!r}"
+        also = ", or {from_run: PATH}" if path == "model.init" else ""
+        return (f"{path}: expected one of {expected.replace(' or ', ', ')}{also}; "
+                f"got {error['input']!r}")
     message = error["msg"].removeprefix("Value error, ")
     return f"{path}: {message}; got {error.get('input')!r}" if "input" in error and not \
         isinstance(error.get("input"), dict) else f"{path}: {message}"
@@ -173,7 +241,14 @@ def parse_config(raw: Any, source: str = "config") -> RunConfig:
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:
-        lines = [_format_error(e) for e in exc.errors()]
+        lines, seen = [], set()
+        for error in exc.errors():  # one message per key (a union fails once per member)
+            if error["type"] == "literal_error" and isinstance(error["input"], dict):
+                continue  # a mapping given where a name or a mapping may go: the other
+                # member of the union says what is wrong with the mapping
+            if _error_path(error) not in seen:
+                seen.add(_error_path(error))
+                lines.append(_format_error(error))
         raise ConfigError(f"{source}: " + "; ".join(lines)) from None
 
 

@@ -19,14 +19,14 @@ from typing import TextIO
 
 import numpy as np
 
-from daskem.config import ClusterConfig, ConfigError, RunConfig
+from daskem.config import ClusterConfig, ConfigError, FromRun, RunConfig
 from daskem.engine.em import EMState
 from daskem.errors import DataError
 from daskem.estimators import GaussianMixture, KMeans
 from daskem.io.outputs import write_outputs
 from daskem.io.source import Source, open_source
 from daskem.kernels.mstep import GaussianParams
-from daskem.store import RunStore
+from daskem.store import RunStore, RunStoreError
 
 EXIT_OK = 0
 EXIT_CONFIG = 2
@@ -64,19 +64,20 @@ class Reporter:
     def iteration(self, n_pass: int, states: list[EMState], kind: str, max_iter: int) -> None:
         """One line per pass: the iteration reached, the best restart's objective, and the
         largest change among the restarts that ran in this pass."""
-        best = states[_best_index(states, kind)]
-        objective = best.objectives[-1]
         iteration = max(s.n_iter for s in states)
         moved = [abs(s.objectives[-1] - s.objectives[-2]) for s in states
                  if s.n_iter == iteration and len(s.objectives) > 1]
         change = max(moved) if moved else float("nan")
         elapsed = time.monotonic() - self.started
         running = sum(not s.converged and s.n_iter < max_iter for s in states)
-        name = "lower bound" if kind == "gmm" else "inertia"
+        if kind == "select":  # the candidates' objectives are not comparable
+            objective, shown = None, ""
+        else:
+            objective = states[_best_index(states, kind)].objectives[-1]
+            shown = f"best {'lower bound' if kind == 'gmm' else 'inertia'} {objective:.10g}  "
         if not self.quiet:
-            print(f"iter {iteration:4d}/{max_iter}  best {name} {objective:.10g}  "
-                  f"change {change:.3e}  running {running}/{len(states)}  "
-                  f"{elapsed:7.1f} s", file=self.stream, flush=True)
+            print(f"iter {iteration:4d}/{max_iter}  {shown}change {change:.3e}  running "
+                  f"{running}/{len(states)}  {elapsed:7.1f} s", file=self.stream, flush=True)
         self.event("iteration", iteration=iteration, objective=objective, change=change,
                    running=running, elapsed=round(elapsed, 3))
 
@@ -89,19 +90,93 @@ def _best_index(states: list[EMState], kind: str) -> int:
 # ------------------------------------------------------------------------ steps
 
 
-def build_estimator(config: RunConfig):
-    """The estimator a config describes."""
+def _common_settings(config: RunConfig) -> dict:
     m = config.model
-    common = dict(max_iter=m.max_iter, n_init=m.n_init, random_state=m.random_state,
-                  sample_size=m.sample_size, split_every=config.fit.split_every,
-                  chunk_rows=config.data.chunk_rows)
+    return dict(max_iter=m.max_iter, n_init=m.n_init, random_state=m.random_state,
+                sample_size=m.sample_size, split_every=config.fit.split_every,
+                chunk_rows=config.data.chunk_rows)
+
+
+def build_estimator(config: RunConfig, **warm):
+    """The estimator a config describes (``warm``: the initial parameters of a warm start,
+    see :func:`warm_start`)."""
+    m = config.model
+    init = m.init if isinstance(m.init, str) else None
     if m.kind == "kmeans":
-        return KMeans(m.n_components, init=m.init or "k-means||",
-                      tol=1e-4 if m.tol is None else m.tol, **common)
-    return GaussianMixture(m.n_components, covariance_type=m.covariance_type,
-                           tol=1e-3 if m.tol is None else m.tol, reg_covar=m.reg_covar,
-                           init_params=m.init or "kmeans", assignment=m.assignment,
-                           fixed_variance=m.fixed_variance, **common)
+        return KMeans(warm.get("n_components", m.n_components),
+                      init=warm.get("init", init or "k-means||"),
+                      tol=1e-4 if m.tol is None else m.tol, **_common_settings(config))
+    gmm = dict(n_components=m.n_components, covariance_type=m.covariance_type,
+               tol=1e-3 if m.tol is None else m.tol, reg_covar=m.reg_covar,
+               init_params=init or "kmeans", assignment=m.assignment,
+               fixed_variance=m.fixed_variance)
+    gmm.update(warm)
+    return GaussianMixture(**gmm, **_common_settings(config))
+
+
+def warm_store(config: RunConfig) -> RunStore | None:
+    """The run store a warm start begins from, checked to hold a model of the right kind."""
+    init = config.model.init
+    if not isinstance(init, FromRun):
+        return None
+    store = RunStore(init.from_run)
+    if not store.exists():
+        raise ConfigError(f"model.init.from_run: no run store at {init.from_run}")
+    try:
+        kind, _, attrs = store.read_model()
+    except RunStoreError as exc:
+        raise ConfigError(f"model.init.from_run: {exc}") from None
+    if kind != config.model.kind:
+        raise ConfigError(f"model.init.from_run: {init.from_run} holds a {kind} model; this "
+                          f"config fits {config.model.kind}")
+    saved = bool(attrs.get("standardize"))
+    if saved != config.data.standardize:
+        raise ConfigError(
+            f"model.init.from_run: the model in {init.from_run} was fitted on "
+            f"{'standardized' if saved else 'unstandardized'} features; set "
+            f"data.standardize: {'true' if saved else 'false'}")
+    return store
+
+
+def warm_start(config: RunConfig, source: Source) -> dict:
+    """Estimator settings that start from the earlier run's model (empty if none).
+
+    Refuses a model whose feature count or names differ from the data's, or whose size or
+    covariance type differ from ones the config sets explicitly (unset, they are taken
+    from the model).
+    """
+    store = warm_store(config)
+    if store is None:
+        return {}
+    path = config.model.init.from_run
+    estimator, attrs = load_estimator(store)
+    n_features = int(source.X.shape[1])
+    if attrs["n_features"] != n_features:
+        raise DataError(f"model.init.from_run: the model in {path} was fitted on "
+                        f"{attrs['n_features']} features; data.path {config.data.path} has "
+                        f"{n_features}")
+    if list(attrs["features"]) != list(source.features):
+        raise DataError(f"model.init.from_run: the model in {path} was fitted on features "
+                        f"{attrs['features']}; data.path {config.data.path} has "
+                        f"{source.features}")
+    explicit = config.model.model_fields_set
+    k = int(attrs["params"].get("n_clusters", attrs["params"].get("n_components")))
+    if "n_components" in explicit and config.model.n_components != k:
+        raise ConfigError(f"model.n_components: {config.model.n_components} differs from the "
+                          f"{k} components of the model in {path}")
+    if config.model.kind == "kmeans":
+        return {"n_components": k, "init": estimator.cluster_centers_}
+    ctype = attrs["params"]["covariance_type"]
+    if "covariance_type" in explicit and config.model.covariance_type != ctype:
+        raise ConfigError(f"model.covariance_type: {config.model.covariance_type!r} differs "
+                          f"from the model in {path} ({ctype!r})")
+    warm = {"n_components": k, "covariance_type": ctype, "weights_init": estimator.weights_,
+            "means_init": estimator.means_}
+    if ctype == "fixed":
+        warm["fixed_variance"] = float(estimator.covariances_[0])
+    else:
+        warm["precisions_init"] = estimator.precisions_
+    return warm
 
 
 class SchedulerLost(ConnectionError):
@@ -172,22 +247,28 @@ def probe_data(config: RunConfig) -> Source:
     source = open_source(config.data.model_copy(update={"missing": "error",
                                                         "standardize": False}))
     check_size(config, int(source.full.shape[0]))
+    warm_start(config, source)  # a warm start that cannot work fails here, before a cluster
     return source
 
 
 def check_size(config: RunConfig, n_rows: int) -> None:
-    if config.model.n_components > n_rows:
-        raise ConfigError(f"model.n_components: {config.model.n_components} is larger than "
-                          f"the {n_rows:,} samples of data.path {config.data.path}")
+    largest = config.largest_model
+    if largest > n_rows:
+        key = "select.n_components" if config.select else "model.n_components"
+        raise ConfigError(f"{key}: {largest} is larger than the {n_rows:,} samples of "
+                          f"data.path {config.data.path}")
 
 
 def open_data(config: RunConfig, store: RunStore | None = None) -> Source:
-    """The config's source; a resumed run reuses the stored standardisation."""
+    """The config's source; a resumed run reuses the stored standardisation, and a warm
+    start the standardisation of the run it starts from (its model lives in that space)."""
     standardize = None
-    if store is not None and store.exists():
-        saved = store.attrs.get("standardize")
-        if saved:
-            standardize = (np.asarray(saved["mean"]), np.asarray(saved["scale"]))
+    for origin in (store, warm_store(config)):
+        if origin is not None and origin.exists():
+            saved = origin.attrs.get("standardize")
+            if saved:
+                standardize = (np.asarray(saved["mean"]), np.asarray(saved["scale"]))
+                break
     source = open_source(config.data, standardize=standardize, persist=config.fit.persist)
     check_size(config, int(source.X.shape[0]))
     return source
@@ -265,6 +346,32 @@ def output_names(config: RunConfig) -> list[str]:
     return names
 
 
+def fit_selection(config: RunConfig, rows, store: RunStore, reporter: Reporter):
+    """Fit the config's grid of candidates in shared passes; report and return the choice."""
+    from daskem.estimators.selection import grid, select_mixture
+
+    sel, m = config.select, config.model
+    cells = grid(sel.n_components, sel.covariance_types)
+    reporter.info(f"selecting among {len(cells)} candidates ({len(sel.n_components)} sizes x "
+                  f"{len(sel.covariance_types)} covariance types, {m.n_init} restart(s) "
+                  f"each) by {sel.criterion.upper()}")
+    reporter.started = time.monotonic()
+    settings = _common_settings(config)
+    selection = select_mixture(
+        rows, sel.n_components, sel.covariance_types, criterion=sel.criterion,
+        tol=1e-3 if m.tol is None else m.tol, reg_covar=m.reg_covar,
+        init_params=m.init or "kmeans", assignment=m.assignment,
+        fixed_variance=m.fixed_variance, checkpoint=store,
+        callback=lambda n, states: reporter.iteration(n, states, "select", m.max_iter),
+        **settings)
+    for line in selection.format().splitlines():
+        reporter.info(line)
+    best = selection.best
+    reporter.info(f"chosen by {sel.criterion.upper()}: {best.n_components} components, "
+                  f"{best.covariance_type} covariances", selection=selection.table())
+    return selection
+
+
 # ------------------------------------------------------------------------ the job
 
 
@@ -289,17 +396,26 @@ def run_job(config: RunConfig, reporter: Reporter, *, force: bool = False) -> in
         if resumed is not None:
             reporter.info(f"resuming from checkpoint {resumed.group} "
                           f"(iteration {resumed.step})", checkpoint=resumed.group)
-        estimator = build_estimator(config)
-        kind = config.model.kind
-        reporter.info(f"fitting {estimator!r}")
-        reporter.started = time.monotonic()
         # A row reader lets each task read its own block of the store (fewer tasks).
         rows = source.rows if source.rows is not None else source.X
-        estimator.fit(rows, checkpoint=store, callback=lambda n, states: reporter.iteration(
-            n, states, kind, config.model.max_iter))
+        if config.select is not None:
+            selection = fit_selection(config, rows, store, reporter)
+            estimator = selection.best_estimator_
+        else:
+            selection = None
+            estimator = build_estimator(config, **warm_start(config, source))
+            if isinstance(config.model.init, FromRun):
+                reporter.info(f"warm start from the model in {config.model.init.from_run}")
+            kind = config.model.kind
+            reporter.info(f"fitting {estimator!r}")
+            reporter.started = time.monotonic()
+            estimator.fit(rows, checkpoint=store, callback=lambda n, states: reporter.iteration(
+                n, states, kind, config.model.max_iter))
         kind, arrays, attrs, history = model_record(estimator, source)
         history["seconds"] = np.asarray(store.pass_seconds())
         store.write_model(kind, arrays, attrs, history)
+        if selection is not None:
+            store.write_selection(selection)
         store.set_status("fitted")
         which = output_names(config)
         target = config.output.path or config.run.store

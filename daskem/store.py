@@ -8,6 +8,9 @@
                                and state (attributes: iterations, objectives, re-seedings)
       model/                   the fitted parameters, the model kind and settings
       history/                 objective per iteration of the chosen model, seconds per pass
+      selection/               model selection only: every candidate's parameters (one group
+                               each) and the table of log-likelihoods, parameter counts,
+                               BIC and AIC, with the chosen candidate
       outputs/                 per-sample outputs (labels, responsibilities, log-likelihood)
 
 Checkpoints are written only from the client (chunk tasks may run twice). A checkpoint is
@@ -96,6 +99,11 @@ def _state_from(arrays: dict[str, np.ndarray], attrs: dict) -> EMState:
     return EMState(params=params, n_iter=int(attrs["n_iter"]),
                    converged=bool(attrs["converged"]),
                    objectives=tuple(attrs["objectives"]), events=events)
+
+
+def _plain(row: dict) -> dict:
+    """A record with NumPy scalars made plain JSON numbers."""
+    return {k: v.item() if isinstance(v, np.generic) else v for k, v in row.items()}
 
 
 @dataclass
@@ -317,6 +325,37 @@ class RunStore:
         arrays = {name: np.asarray(arr[...]) for name, arr in model.arrays()}
         attrs = dict(model.attrs)
         return attrs.pop("kind"), arrays, attrs
+
+    def write_selection(self, selection) -> None:
+        """Every candidate of a model selection: its parameters, numbers and history."""
+        root = self._group()
+        if "selection" in root:
+            del root["selection"]
+        group = root.create_group("selection")
+        for i, (cand, row) in enumerate(zip(selection.candidates, selection.table(),
+                                            strict=True)):
+            sub = group.create_group(f"candidate_{i:03d}")
+            est = cand.estimator
+            for name in GAUSSIAN_ARRAYS:
+                sub.create_array(name, data=np.asarray(getattr(est, f"{name}_")))
+            sub.attrs.update({**_plain(row), "objectives": [float(v) for v in
+                                                            est.lower_bounds_]})
+        group.attrs.update({"criterion": selection.criterion,
+                            "chosen": selection.best_index,
+                            "table": [_plain(row) for row in selection.table()]})
+
+    def read_selection(self) -> dict | None:
+        """``{"criterion", "chosen", "table", "candidates": [(arrays, attrs), ...]}`` of a
+        selection run, or ``None`` for a run that fitted one model."""
+        try:
+            group = self._group("r")["selection"]
+        except KeyError:
+            return None
+        attrs = dict(group.attrs)
+        names = sorted(name for name, _ in group.groups())
+        attrs["candidates"] = [({k: np.asarray(a[...]) for k, a in group[n].arrays()},
+                                dict(group[n].attrs)) for n in names]
+        return attrs
 
     def read_history(self) -> dict[str, np.ndarray]:
         try:
