@@ -139,9 +139,15 @@ def validate(config: ConfigArg, set_: SetOpt = []) -> None:  # noqa: B006
         print(f"config {config}: valid")
         source = runner.probe_data(cfg)
         print(f"data: {source.description}")
-        print(f"model: {cfg.model.kind}, {cfg.model.n_components} components"
-              + (f", {cfg.model.covariance_type} covariances" if cfg.model.kind == "gmm"
-                 else ""))
+        if cfg.select is not None:
+            sel = cfg.select
+            print(f"select: {len(sel.n_components) * len(sel.covariance_types)} candidates, "
+                  f"n_components {sel.n_components} x covariance types "
+                  f"{sel.covariance_types}, chosen by {sel.criterion.upper()}")
+        else:
+            print(f"model: {cfg.model.kind}, {cfg.model.n_components} components"
+                  + (f", {cfg.model.covariance_type} covariances"
+                     if cfg.model.kind == "gmm" else ""))
         print(f"run store: {cfg.run.store}")
         return runner.EXIT_OK
 

@@ -116,3 +116,33 @@ def test_matches_sklearn_on_two_workers(data):
     finally:
         client.close()
         cluster.close()
+
+
+def test_spans_group_a_fit_by_iteration_and_phase(data):
+    """One span per fit, holding the summary, the initialisation and one per iteration,
+    each with its own tasks (what the Fine Performance Metrics page splits time by)."""
+    _, X = data
+    cluster, client = cluster_client(2)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            GaussianMixture(3, max_iter=4, tol=0, random_state=0).fit(X)
+
+        def spans(dask_scheduler):
+            ext = dask_scheduler.extensions["spans"]
+            return {s.name: sorted(g.name.rsplit("-", 1)[0] for g in s.groups)
+                    for s in ext.spans.values()}
+
+        found = client.run_on_scheduler(spans)
+    finally:
+        client.close()
+        cluster.close()
+    fit = ("daskem GaussianMixture.fit",)
+    assert fit in found
+    for i in range(1, 5):
+        groups = found[fit + (f"iteration {i}",)]
+        assert any(g.startswith("daskem-estep-it") for g in groups), groups
+    assert (*fit, "summary") in found
+    init = [name for name in found if name[:2] == (*fit, "initialisation")]
+    assert (*fit, "initialisation", "init iteration 1") in init
+    assert not any(name[:1] != fit and name != ("default",) for name in found), found

@@ -18,7 +18,7 @@ from typing import Protocol
 import numpy as np
 
 from daskem.engine.data import ChunkedData
-from daskem.engine.reduce import DEFAULT_SPLIT_EVERY
+from daskem.engine.reduce import DEFAULT_SPLIT_EVERY, span
 from daskem.errors import DataError, FitError
 from daskem.kernels.estep import (
     GaussianKernelParams,
@@ -163,8 +163,10 @@ def run_em(
         if not active:
             return states
         kparams = [families[i].kernel_params(states[i].params, data.dtype) for i in active]
-        stats = evaluate(data, [families[i].kernel for i in active], kparams, phase=phase,
-                         label=f"it{n_pass:04d}", split_every=split_every)
+        name = "iteration" if phase == "estep" else f"{phase} iteration"
+        with span(f"{name} {n_pass + 1}"):
+            stats = evaluate(data, [families[i].kernel for i in active], kparams,
+                             phase=phase, label=f"it{n_pass:04d}", split_every=split_every)
         for i, kp, st in zip(active, kparams, stats, strict=True):
             states[i] = families[i].update(states[i], st, kp)
         n_pass += 1
@@ -200,7 +202,8 @@ def fit_states(
     """
     states = checkpoint.load() if checkpoint is not None else None
     if states is None:
-        states = make_initial()
+        with span("initialisation"):
+            states = make_initial()
         if checkpoint is not None:
             checkpoint.save(states)
     elif len(states) != len(families):

@@ -11,11 +11,15 @@ results are added left to right inside a node. The result therefore does not dep
 number of workers, on which worker ran a task, or on a task that was retried.
 
 Keys are named ``daskem-<phase>-<label>-<token>`` so the dashboard's task stream and
-progress bars group them by phase (``daskem-estep``, ``daskem-reduce``, ...).
+progress bars group them by phase (``daskem-estep``, ``daskem-reduce``, ...), and the
+passes of a fit run inside distributed spans (:func:`span`: one per fit, one for the
+initialisation, one per iteration), so the dashboard's Fine Performance Metrics page splits
+the time of a fit by iteration and by phase.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import operator
 import pickle
@@ -33,6 +37,18 @@ DEFAULT_SPLIT_EVERY = 8
 # a larger one becomes one key of the graph, which costs the workers one more fetch
 # (about 15 ms of latency per pass on a LocalCluster) but the scheduler no traffic.
 EMBED_PAYLOAD_BYTES = 32 * 2**20
+
+
+@contextlib.contextmanager
+def span(name: str):
+    """Tag the tasks of the passes made inside with a (nested) distributed span.
+
+    Without a distributed scheduler the tag is an annotation nobody reads.
+    """
+    from distributed import span as distributed_span
+
+    with distributed_span(name) as span_id:
+        yield span_id
 
 
 class _Payload:

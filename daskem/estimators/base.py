@@ -8,6 +8,7 @@ import numbers
 import numpy as np
 
 from daskem.engine.data import ChunkedData, _as_dask, _check_dtype, as_chunked, summarise
+from daskem.engine.reduce import span
 from daskem.errors import DataError, NotFittedError, ParameterError
 from daskem.kernels.summary import Summary
 
@@ -145,5 +146,7 @@ def start_fit(X, sample_weight, *, n_components: int, what: str, chunk_rows, sam
         raise DataError(f"n_samples={data.n_samples} should be >= {what}={n_components}")
     if sample_size is None:
         sample_size = max(10_000, 50 * n_components)
-    summary = summarise(data, int(rng.integers(2**62)), sample_size, split_every=split_every)
+    with span("summary"):
+        summary = summarise(data, int(rng.integers(2**62)), sample_size,
+                            split_every=split_every)
     return data, summary

@@ -8,7 +8,7 @@ import numpy as np
 
 from daskem.engine.data import as_chunked
 from daskem.engine.em import EMState, KMeansFamily, evaluate, fit_states
-from daskem.engine.reduce import DEFAULT_SPLIT_EVERY
+from daskem.engine.reduce import DEFAULT_SPLIT_EVERY, span
 from daskem.engine.seeding import kmeans_centers
 from daskem.errors import ClusterPolicyWarning, ConvergenceWarning, ParameterError
 from daskem.estimators.base import (
@@ -106,7 +106,7 @@ class KMeans(ParamsMixin):
         if is_array and n_init != 1:
             warnings.warn(f"Explicit initial center position passed: performing only one init "
                           f"in {type(self).__name__} instead of n_init={n_init}.",
-                          RuntimeWarning, stacklevel=3)
+                          RuntimeWarning, stacklevel=4)
             return 1
         return n_init
 
@@ -116,6 +116,10 @@ class KMeans(ParamsMixin):
         ``checkpoint`` (a :class:`~daskem.engine.em.Checkpointer`, such as a run store)
         makes the fit resumable; ``callback(n_pass, states)`` is called after every pass.
         """
+        with span(f"daskem {type(self).__name__}.fit"):
+            return self._fit(X, sample_weight, checkpoint, callback)
+
+    def _fit(self, X, sample_weight, checkpoint, callback):
         n_init = self._check_params()
         rng = master_rng(self.random_state)
         data, summary = start_fit(X, sample_weight, n_components=self.n_clusters,
@@ -149,12 +153,12 @@ class KMeans(ParamsMixin):
         if state.events:
             warnings.warn(f"{len(state.events)} empty cluster(s) were moved onto the farthest "
                           "rows during the fit (see reseeds_)", ClusterPolicyWarning,
-                          stacklevel=2)
+                          stacklevel=3)
         distinct = int(np.count_nonzero(final[best].nk > 0))
         if distinct < self.n_clusters:
             warnings.warn(f"Number of distinct clusters ({distinct}) found smaller than "
                           f"n_clusters ({self.n_clusters}). Possibly due to duplicate points "
-                          "in X.", ConvergenceWarning, stacklevel=2)
+                          "in X.", ConvergenceWarning, stacklevel=3)
         return self
 
     def _set_state(self, state: EMState, inertia: float, n_features: int) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 
 from daskem.engine.data import as_chunked
 from daskem.engine.em import EMState, GaussianFamily, evaluate, fit_states
-from daskem.engine.reduce import DEFAULT_SPLIT_EVERY
+from daskem.engine.reduce import DEFAULT_SPLIT_EVERY, span
 from daskem.engine.seeding import MixtureStart, initial_mixtures
 from daskem.errors import ClusterPolicyWarning, ConvergenceWarning, DataError, ParameterError
 from daskem.estimators.base import (
@@ -165,6 +165,10 @@ class GaussianMixture(ParamsMixin):
         ``checkpoint`` (a :class:`~daskem.engine.em.Checkpointer`, such as a run store)
         makes the fit resumable; ``callback(n_pass, states)`` is called after every pass.
         """
+        with span(f"daskem {type(self).__name__}.fit"):
+            return self._fit(X, sample_weight, checkpoint, callback)
+
+    def _fit(self, X, sample_weight, checkpoint, callback):
         self._check_params()
         rng = master_rng(self.random_state)
         data, summary = start_fit(X, sample_weight, n_components=self.n_components,
@@ -190,15 +194,15 @@ class GaussianMixture(ParamsMixin):
         if not self.converged_:
             warnings.warn("Best performing initialization did not converge. Try different "
                           "init parameters, or increase max_iter, tol, or check for "
-                          "degenerate data.", ConvergenceWarning, stacklevel=2)
+                          "degenerate data.", ConvergenceWarning, stacklevel=3)
         if self.reseeds_:
             warnings.warn(f"{len(self.reseeds_)} collapsed component(s) were re-seeded during "
-                          "the fit (see reseeds_)", ClusterPolicyWarning, stacklevel=2)
+                          "the fit (see reseeds_)", ClusterPolicyWarning, stacklevel=3)
         distinct = len(np.unique(self.means_, axis=0))
         if distinct < self.n_components:
             warnings.warn(f"Number of distinct components ({distinct}) found smaller than "
                           f"n_components ({self.n_components}). Possibly due to duplicate "
-                          "points in X.", ConvergenceWarning, stacklevel=2)
+                          "points in X.", ConvergenceWarning, stacklevel=3)
         return self
 
     def _starts(self, seeds) -> list[MixtureStart]:

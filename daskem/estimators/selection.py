@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from daskem.engine.em import EMState, evaluate, fit_states
-from daskem.engine.reduce import DEFAULT_SPLIT_EVERY
+from daskem.engine.reduce import DEFAULT_SPLIT_EVERY, span
 from daskem.engine.seeding import initial_mixtures
 from daskem.errors import ClusterPolicyWarning, ConvergenceWarning, ParameterError
 from daskem.estimators.base import check_choice, master_rng, start_fit
@@ -142,6 +142,16 @@ def select_mixture(
     ``checkpoint`` and ``callback`` are those of :meth:`GaussianMixture.fit` (the states
     are every candidate's restarts, in :func:`grid` order, restarts innermost).
     """
+    with span("daskem select_mixture"):
+        return _select(X, n_components, covariance_types, criterion, sample_weight, tol,
+                       reg_covar, max_iter, n_init, init_params, random_state, assignment,
+                       fixed_variance, sample_size, split_every, chunk_rows, checkpoint,
+                       callback)
+
+
+def _select(X, n_components, covariance_types, criterion, sample_weight, tol, reg_covar,
+            max_iter, n_init, init_params, random_state, assignment, fixed_variance,
+            sample_size, split_every, chunk_rows, checkpoint, callback) -> Selection:
     check_choice("criterion", criterion, CRITERIA)
     cells = grid(n_components, covariance_types)
     settings = dict(tol=tol, reg_covar=reg_covar, max_iter=max_iter, n_init=n_init,
@@ -200,10 +210,10 @@ def _warn(selection: Selection) -> None:
     if late:
         warnings.warn(f"{len(late)} of {len(selection.candidates)} candidates did not "
                       f"converge ({', '.join(late)}); increase max_iter or tol",
-                      ConvergenceWarning, stacklevel=3)
+                      ConvergenceWarning, stacklevel=4)
     reseeded = [f"{c.n_components} {c.covariance_type}" for c in selection.candidates
                 if c.estimator.reseeds_]
     if reseeded:
         warnings.warn(f"collapsed components were re-seeded in {len(reseeded)} candidate(s) "
                       f"({', '.join(reseeded)}; see each estimator's reseeds_)",
-                      ClusterPolicyWarning, stacklevel=3)
+                      ClusterPolicyWarning, stacklevel=4)
