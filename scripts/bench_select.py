@@ -48,9 +48,9 @@ def main(argv=None) -> int:
     parser.add_argument("--n-init", type=int, default=1)
     args = parser.parse_args(argv)
 
+    import make_feature_store as mfs
     from distributed import Client, LocalCluster
 
-    import make_feature_store as mfs
     from daskem import ConvergenceWarning, GaussianMixture, select_mixture
 
     n = 40_000 if args.small else 200_000
