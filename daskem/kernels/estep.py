@@ -405,11 +405,15 @@ def squared_distances(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
     return np.maximum(out, 0.0, out=out)
 
 
-def _onehot(labels: np.ndarray, n_groups: int, weights: np.ndarray | None, dtype):
-    """Sparse (rows × groups) indicator of ``labels``, with ``weights`` as its values."""
+def _onehot_t(labels: np.ndarray, n_groups: int, weights: np.ndarray | None, dtype):
+    """Sparse (groups × rows) indicator of ``labels``, with ``weights`` as its values.
+
+    Built column-compressed (one entry per row-column): cheaper to make and to multiply
+    than the transpose of a row-compressed (rows × groups) matrix, with the same sums.
+    """
     b = labels.shape[0]
     values = np.ones(b, dtype=dtype) if weights is None else weights.astype(dtype)
-    return sparse.csr_matrix((values, labels, np.arange(b + 1)), shape=(b, n_groups))
+    return sparse.csc_matrix((values, labels, np.arange(b + 1)), shape=(n_groups, b))
 
 
 def kmeans_chunk_stats(x: np.ndarray, w: np.ndarray | None, offset: int,
@@ -442,16 +446,16 @@ def kmeans_chunk_stats(x: np.ndarray, w: np.ndarray | None, offset: int,
         dist_sq = np.einsum("ij,ij->i", resid, resid).astype(np.float64)
         stats.weight_sum += float(b) if wb is None else float(wb.sum())
         stats.objective += float(dist_sq.sum()) if wb is None else float(dist_sq @ wb)
-        onehot = _onehot(labels, k, wb, x.dtype)
+        onehot_t = _onehot_t(labels, k, wb, x.dtype)
         if ctype is None:
             stats.nk += np.bincount(labels, weights=wb, minlength=k)
-            stats.s1 += np.asarray(onehot.T @ resid, dtype=np.float64)
+            stats.s1 += np.asarray(onehot_t @ resid, dtype=np.float64)
         else:
             for sub in range(0, b, mix_rows):
                 sl = slice(sub, sub + mix_rows)
                 features = mix_ws.features[:, :xb[sl].shape[0]]
                 _fill_features(xb[sl], shift64, ctype, features)
-                resp = onehot[sl].T.toarray().astype(np.float64)
+                resp = onehot_t[:, sl].toarray().astype(np.float64)
                 _add_mixture_stats(stats, resp, features, d, mix_ws.gram, ctype)
         if p.far_capacity:
             stats.far = stats.far.merge_block(dist_sq, xb, labels, wb, offset + start)
