@@ -276,6 +276,9 @@ class RunStore:
     def load(self) -> list[EMState] | None:
         """The newest complete, undamaged checkpoint's states (``None`` if there is none)."""
         self._last_save = time.monotonic()
+        if not self.exists():  # a fit given a store that is not made yet starts afresh
+            self._seconds = []
+            return None
         pointer = self.read_pointer()
         candidates = []
         if pointer is not None:

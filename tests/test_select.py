@@ -119,3 +119,24 @@ def test_grid_rejects_bad_candidates():
     with pytest.raises(ParameterError, match="criterion"):
         select_mixture(np.zeros((10, 2)), [2], criterion="bick")
     assert grid([3, 2], "diag") == [(2, "diag"), (3, "diag")]
+
+
+def test_interrupted_selection_resumes_to_the_same_candidates(tmp_path, sync_scheduler):
+    from daskem.errors import ConvergenceWarning
+    from daskem.store import RunStore
+
+    x = da.from_array(mixture_data("full", n_per=500, seed=8), chunks=900)
+    settings = dict(random_state=2, tol=1e-6, n_init=2)
+    whole = select_mixture(x, [2, 4], ["full", "diag"], max_iter=40, **settings)
+    store = RunStore(str(tmp_path / "sel.zarr"))
+    # A run stopped after 3 iterations (its checkpoints stay), then started again.
+    with pytest.warns(ConvergenceWarning):
+        select_mixture(x, [2, 4], ["full", "diag"], max_iter=3, checkpoint=store, **settings)
+    assert max(s.n_iter for s in store.load()) == 3
+    resumed = select_mixture(x, [2, 4], ["full", "diag"], max_iter=40, checkpoint=store,
+                             **settings)
+    for a, b in zip(whole.candidates, resumed.candidates, strict=True):
+        np.testing.assert_array_equal(a.estimator.means_, b.estimator.means_)
+        np.testing.assert_array_equal(a.estimator.covariances_, b.estimator.covariances_)
+        assert a.estimator.lower_bounds_ == b.estimator.lower_bounds_
+        assert a.bic == b.bic
