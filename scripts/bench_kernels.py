@@ -46,51 +46,54 @@ def sklearn_per_iteration(fit, lo: int, hi: int) -> float:
 
 
 def kmeans_case(n=250_000, d=32, k=64):
-    from sklearn.cluster import KMeans as SkKMeans
-
-    from daskem.kernels.estep import KMeansKernelParams, block_rows, kmeans_chunk_stats
-
     rng = np.random.default_rng(0)
     centers = rng.normal(scale=2.0, size=(k, d))
     for dtype in (np.float64, np.float32):
         x = (centers[rng.integers(0, k, n)] + rng.normal(size=(n, d))).astype(dtype)
-        init = x[:k].astype(np.float64)
-        params = KMeansKernelParams.build(init, dtype, far_capacity=k)
-        ours = best_of(lambda x=x, params=params: kmeans_chunk_stats(x, None, 0, params))
+        kmeans_one(x, k)
 
-        theirs = sklearn_per_iteration(
-            lambda iters, x=x, init=init: SkKMeans(k, init=init, n_init=1, max_iter=iters,
-                                                   tol=0, algorithm="lloyd").fit(x), 1, 8)
-        name = np.dtype(dtype).name
-        print(f"k-means {name} n={n:,} d={d} K={k}: daskem kernel {ours * 1e3:.1f} ms, "
-              f"scikit-learn Lloyd iteration {theirs * 1e3:.1f} ms, ratio {ours / theirs:.2f}x")
 
-        # Where the kernel's time goes: its NumPy steps on one block, timed alone.
-        b = block_rows(n, 2 * d + k + 1)
-        xb = x[:b]
-        aug = np.ones((b, d + 1), dtype)
-        scores = np.empty((b, k), dtype)
-        resid = np.empty((b, d), dtype)
-        labels = np.zeros(b, dtype=np.intp)
+def kmeans_one(x: np.ndarray, k: int) -> None:
+    from sklearn.cluster import KMeans as SkKMeans
 
-        def step_gemm():
-            np.subtract(xb, params.shift, out=aug[:, :d])
-            np.matmul(aug, params.scorer, out=scores)
+    from daskem.kernels.estep import KMeansKernelParams, block_rows, kmeans_chunk_stats
 
-        def step_argmin():
-            np.argmin(scores, axis=1, out=labels)
+    n, d = x.shape
+    dtype = x.dtype
+    init = x[:k].astype(np.float64)
+    params = KMeansKernelParams.build(init, dtype, far_capacity=k)
+    ours = best_of(lambda: kmeans_chunk_stats(x, None, 0, params))
+    theirs = sklearn_per_iteration(
+        lambda iters: SkKMeans(k, init=init, n_init=1, max_iter=iters, tol=0,
+                               algorithm="lloyd").fit(x), 1, 8)
+    print(f"k-means {dtype.name} n={n:,} d={d} K={k}: daskem kernel {ours * 1e3:.1f} ms, "
+          f"scikit-learn Lloyd iteration {theirs * 1e3:.1f} ms, ratio {ours / theirs:.2f}x")
 
-        def step_residuals():
-            np.take(params.centers, labels, axis=0, out=resid, mode="clip")
-            np.subtract(xb, resid, out=resid)
-            np.einsum("ij,ij->i", resid, resid)
+    # Where the kernel's time goes: its NumPy steps on one block, timed alone.
+    b = block_rows(n, 2 * d + k + 1)
+    xb = x[:b]
+    aug = np.ones((b, d + 1), dtype)
+    scores = np.empty((b, k), dtype)
+    resid = np.empty((b, d), dtype)
+    labels = np.zeros(b, dtype=np.intp)
 
-        steps = {"shift + distance GEMM": step_gemm, "argmin": step_argmin,
-                 "exact residuals + norms": step_residuals}
-        blocks = n / b
-        parts = ", ".join(f"{label} {best_of(fn, 50) * blocks * 1e3:.1f} ms"
-                          for label, fn in steps.items())
-        print(f"    per chunk: {parts}")
+    def step_gemm():
+        np.subtract(xb, params.shift, out=aug[:, :d])
+        np.matmul(aug, params.scorer, out=scores)
+
+    def step_argmin():
+        np.argmin(scores, axis=1, out=labels)
+
+    def step_residuals():
+        np.take(params.centers, labels, axis=0, out=resid, mode="clip")
+        np.subtract(xb, resid, out=resid)
+        np.einsum("ij,ij->i", resid, resid)
+
+    steps = {"shift + distance GEMM": step_gemm, "argmin": step_argmin,
+             "exact residuals + norms": step_residuals}
+    parts = ", ".join(f"{label} {best_of(fn, 50) * n / b * 1e3:.1f} ms"
+                      for label, fn in steps.items())
+    print(f"    per chunk: {parts}")
 
 
 def gmm_case(n=125_000, d=16, k=16):
