@@ -277,10 +277,14 @@ def open_data(config: RunConfig, store: RunStore | None = None) -> Source:
 def open_store(config: RunConfig, source: Source, *, force: bool = False) -> RunStore:
     store = RunStore(config.run.store)
     config_hash = config.result_hash()
+    fingerprint = dict(source.fingerprint)
+    warm = warm_store(config)
+    if warm is not None:  # a resumed warm start must begin from the same model
+        fingerprint["init_model"] = warm.model_checksum()
     if store.exists():
-        store.check_compatible(config_hash, source.fingerprint, force=force)
+        store.check_compatible(config_hash, fingerprint, force=force)
     else:
-        store.create(config.model_dump(mode="json"), config_hash, source.fingerprint)
+        store.create(config.model_dump(mode="json"), config_hash, fingerprint)
         if source.standardize is not None:
             mean, scale = source.standardize
             store.set_status("running", standardize={"mean": mean.tolist(),

@@ -165,11 +165,13 @@ class RunStore:
                 f"{self.path} was made by a different config (its data, model or fit "
                 "section differs); use another run.store, or delete the store to start over")
         old = attrs.get("fingerprint", {})
-        changed = [k for k in ("shape", "dtype", "chunk_rows", "features")
+        changed = [k for k in ("shape", "dtype", "chunk_rows", "features", "init_model")
                    if old.get(k) != fingerprint.get(k)]
         if changed and not force:
+            what = ("the model it starts from (model.init.from_run)" if changed == ["init_model"]
+                    else "the data source")
             raise RunStoreError(
-                f"the data source changed since {self.path} was started ({', '.join(changed)}: "
+                f"{what} changed since {self.path} was started ({', '.join(changed)}: "
                 f"{[old.get(k) for k in changed]} -> {[fingerprint.get(k) for k in changed]}); "
                 "rerun with --force to resume anyway, or start a new run store")
 
@@ -318,6 +320,15 @@ class RunStore:
         hist = root.create_group("history")
         for key, value in history.items():
             hist.create_array(key, data=np.asarray(value, dtype=np.float64))
+
+    def model_checksum(self) -> str:
+        """Checksum of the fitted model's arrays (names and values)."""
+        _, arrays, _ = self.read_model()
+        digest = hashlib.sha256()
+        for name in sorted(arrays):
+            digest.update(name.encode())
+            digest.update(_checksum([arrays[name]]).encode())
+        return digest.hexdigest()
 
     def read_model(self) -> tuple[str, dict[str, np.ndarray], dict]:
         try:

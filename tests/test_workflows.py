@@ -122,6 +122,16 @@ def test_warm_start_equals_passing_the_parameters_by_hand(tmp_path, small_store)
     np.testing.assert_allclose(warm["weights"], by_hand.weights_, rtol=1e-9)
     assert attrs["n_iter"] == by_hand.n_iter_
 
+    # Resuming today's run after yesterday's model changed under it is refused.
+    RunStore(str(second)).set_status("running")
+    yesterday = RunStore(str(first))
+    kind, arrays, model_attrs = yesterday.read_model()
+    arrays["means"] = arrays["means"] + 0.5
+    yesterday.write_model(kind, arrays, model_attrs, yesterday.read_history())
+    result = run_cli("run", str(cfg2))
+    assert result.returncode == 2, result.stderr
+    assert "the model it starts from (model.init.from_run) changed" in result.stderr
+
     # k-means too: the centers of the first run are the init of the second
     km1, km2 = tmp_path / "km1.zarr", tmp_path / "km2.zarr"
     kcfg1 = write_config(tmp_path, "km1", data={"path": str(small_store)},
