@@ -236,10 +236,14 @@ def projection_figure(run: RunSummary, estimator, labels) -> Figure:
     ax.set_ylabel("second principal axis")
     ax.set_aspect("equal", adjustable="datalim")
     ax.grid(alpha=0.3)
-    caption = ("A sample of the data coloured by the most probable component; crosses are "
-               "the means" + (", ellipses two standard deviations of each component's "
-                              "covariance" if hasattr(estimator, "covariances_") else "")
-               + ". " + (run.sample_note or ""))
+    if hasattr(estimator, "covariances_"):
+        caption = ("A sample of the data coloured by the most probable component; crosses "
+                   "are the means, ellipses two standard deviations of each component's "
+                   "covariance. ")
+    else:
+        caption = ("A sample of the data coloured by its nearest center; crosses are the "
+                   "centers. ")
+    caption += run.sample_note or ""
     return Figure("projection", "The clusters in two dimensions", caption, _png(fig))
 
 
