@@ -51,6 +51,17 @@ def span(name: str):
         yield span_id
 
 
+def in_span(name: str):
+    """Decorator: run the function inside :func:`span` ``name``."""
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            with span(name):
+                return fn(*args, **kwargs)
+        return wrapper
+    return decorate
+
+
 class _Payload:
     """An opaque holder, so that dask ships the payload as one value and never walks it."""
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from daskem.engine.data import as_chunked
 from daskem.engine.em import EMState, KMeansFamily, evaluate, fit_states
-from daskem.engine.reduce import DEFAULT_SPLIT_EVERY, span
+from daskem.engine.reduce import DEFAULT_SPLIT_EVERY, in_span
 from daskem.engine.seeding import kmeans_centers
 from daskem.errors import ClusterPolicyWarning, ConvergenceWarning, ParameterError
 from daskem.estimators.base import (
@@ -110,16 +110,13 @@ class KMeans(ParamsMixin):
             return 1
         return n_init
 
+    @in_span("daskem KMeans.fit")
     def fit(self, X, y=None, sample_weight=None, *, checkpoint=None, callback=None):
         """Compute k-means clustering of ``X`` (n_samples, n_features).
 
         ``checkpoint`` (a :class:`~daskem.engine.em.Checkpointer`, such as a run store)
         makes the fit resumable; ``callback(n_pass, states)`` is called after every pass.
         """
-        with span(f"daskem {type(self).__name__}.fit"):
-            return self._fit(X, sample_weight, checkpoint, callback)
-
-    def _fit(self, X, sample_weight, checkpoint, callback):
         n_init = self._check_params()
         rng = master_rng(self.random_state)
         data, summary = start_fit(X, sample_weight, n_components=self.n_clusters,

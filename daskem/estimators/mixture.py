@@ -8,7 +8,7 @@ import numpy as np
 
 from daskem.engine.data import as_chunked
 from daskem.engine.em import EMState, GaussianFamily, evaluate, fit_states
-from daskem.engine.reduce import DEFAULT_SPLIT_EVERY, span
+from daskem.engine.reduce import DEFAULT_SPLIT_EVERY, in_span
 from daskem.engine.seeding import MixtureStart, initial_mixtures
 from daskem.errors import ClusterPolicyWarning, ConvergenceWarning, DataError, ParameterError
 from daskem.estimators.base import (
@@ -159,16 +159,13 @@ class GaussianMixture(ParamsMixin):
 
     # ------------------------------------------------------------------ fit
 
+    @in_span("daskem GaussianMixture.fit")
     def fit(self, X, y=None, sample_weight=None, *, checkpoint=None, callback=None):
         """Estimate the parameters by EM (``n_init`` restarts run side by side).
 
         ``checkpoint`` (a :class:`~daskem.engine.em.Checkpointer`, such as a run store)
         makes the fit resumable; ``callback(n_pass, states)`` is called after every pass.
         """
-        with span(f"daskem {type(self).__name__}.fit"):
-            return self._fit(X, sample_weight, checkpoint, callback)
-
-    def _fit(self, X, sample_weight, checkpoint, callback):
         self._check_params()
         rng = master_rng(self.random_state)
         data, summary = start_fit(X, sample_weight, n_components=self.n_components,

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from daskem.engine.em import EMState, evaluate, fit_states
-from daskem.engine.reduce import DEFAULT_SPLIT_EVERY, span
+from daskem.engine.reduce import DEFAULT_SPLIT_EVERY, in_span
 from daskem.engine.seeding import initial_mixtures
 from daskem.errors import ClusterPolicyWarning, ConvergenceWarning, ParameterError
 from daskem.estimators.base import check_choice, master_rng, start_fit
@@ -113,6 +113,7 @@ def grid(n_components: Sequence[int], covariance_types: Sequence[str]) -> list[t
     return [(int(k), c) for c in covariance_types for k in sorted(sizes)]
 
 
+@in_span("daskem select_mixture")
 def select_mixture(
     X,
     n_components: Sequence[int],
@@ -142,16 +143,6 @@ def select_mixture(
     ``checkpoint`` and ``callback`` are those of :meth:`GaussianMixture.fit` (the states
     are every candidate's restarts, in :func:`grid` order, restarts innermost).
     """
-    with span("daskem select_mixture"):
-        return _select(X, n_components, covariance_types, criterion, sample_weight, tol,
-                       reg_covar, max_iter, n_init, init_params, random_state, assignment,
-                       fixed_variance, sample_size, split_every, chunk_rows, checkpoint,
-                       callback)
-
-
-def _select(X, n_components, covariance_types, criterion, sample_weight, tol, reg_covar,
-            max_iter, n_init, init_params, random_state, assignment, fixed_variance,
-            sample_size, split_every, chunk_rows, checkpoint, callback) -> Selection:
     check_choice("criterion", criterion, CRITERIA)
     cells = grid(n_components, covariance_types)
     settings = dict(tol=tol, reg_covar=reg_covar, max_iter=max_iter, n_init=n_init,
