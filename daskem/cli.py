@@ -211,13 +211,11 @@ def inspect(
                 print(f"history: {len(objective)} iterations, last: {shown}")
         if info["selection"]:
             sel = info["selection"]
+            from daskem.estimators.selection import format_table
+
             print(f"selection by {sel['criterion'].upper()} among {len(sel['table'])} "
                   "candidates (* chosen):")
-            for row in sel["table"]:
-                print(f"  {'*' if row['chosen'] else ' '} {row['n_components']:>4} "
-                      f"{row['covariance_type']:<10} BIC {row['bic']:.8g}  AIC "
-                      f"{row['aic']:.8g}  log L {row['log_likelihood']:.8g}  "
-                      f"params {row['n_parameters']}")
+            print(format_table(sel["table"]))
         data = (info["config"] or {}).get("data", {})
         print(f"data: {data.get('path')}")
         return runner.EXIT_OK

@@ -83,15 +83,20 @@ class Selection:
 
     def format(self) -> str:
         """The candidates as a fixed-width text table, the chosen one marked ``*``."""
-        lines = [f"{'':1} {'K':>4} {'covariance':<10} {'log L':>16} {'params':>7} "
-                 f"{'BIC':>16} {'AIC':>16} {'iter':>5} conv"]
-        for row in self.table():
-            lines.append(
-                f"{'*' if row['chosen'] else ' '} {row['n_components']:>4} "
-                f"{row['covariance_type']:<10} {row['log_likelihood']:>16.8g} "
-                f"{row['n_parameters']:>7} {row['bic']:>16.8g} {row['aic']:>16.8g} "
-                f"{row['n_iter']:>5} {'yes' if row['converged'] else 'no'}")
-        return "\n".join(lines)
+        return format_table(self.table())
+
+
+def format_table(table: list[dict]) -> str:
+    """Candidate records (:meth:`Selection.table`, or as kept in a run store) as text."""
+    lines = [f"{'':1} {'K':>4} {'covariance':<10} {'log L':>16} {'params':>7} "
+             f"{'BIC':>16} {'AIC':>16} {'iter':>5} conv"]
+    for row in table:
+        lines.append(
+            f"{'*' if row['chosen'] else ' '} {row['n_components']:>4} "
+            f"{row['covariance_type']:<10} {row['log_likelihood']:>16.8g} "
+            f"{row['n_parameters']:>7} {row['bic']:>16.8g} {row['aic']:>16.8g} "
+            f"{row['n_iter']:>5} {'yes' if row['converged'] else 'no'}")
+    return "\n".join(lines)
 
 
 def grid(n_components: Sequence[int], covariance_types: Sequence[str]) -> list[tuple]:
