@@ -50,9 +50,9 @@ class RunSummary:
     model: dict
     objectives: list[tuple[str, list[float], bool]]  # (label, values, chosen)
     selection: dict | None
+    seconds: list[float] = field(default_factory=list)  # initialisation, then each pass
     sample: np.ndarray | None = None
     sample_note: str = ""
-    notes: list[str] = field(default_factory=list)
 
 
 def default_output(store_path: str) -> Path:
@@ -82,7 +82,9 @@ def read_run(store_path: str, sample_rows: int = 4000, seed: int = 0) -> RunSumm
                 if values else -1)
         for i, s in enumerate(states):
             objectives.append((f"restart {i}", list(s.objectives), i == best))
-    summary = RunSummary(store_path, store.attrs, kind, arrays, model, objectives, selection)
+    seconds = [float(v) for v in store.read_history().get("seconds", [])]
+    summary = RunSummary(store_path, store.attrs, kind, arrays, model, objectives, selection,
+                         seconds)
     summary.sample, summary.sample_note = _read_sample(summary, sample_rows, seed)
     return summary
 
@@ -343,6 +345,7 @@ def render_html(run: RunSummary, figures: list[Figure]) -> str:
             if run.kind == "gmm" else "")),
         ("iterations", f"{model.get('n_iter')} (converged: {model.get('converged')})"),
         ("final " + ("lower bound" if run.kind == "gmm" else "inertia"), f"{objective:.10g}"),
+        ("fit time", _fit_time(run.seconds)),
         ("data", (attrs.get("config") or {}).get("data", {}).get("path")),
         ("rows x features", " x ".join(str(v) for v in
                                        attrs.get("fingerprint", {}).get("shape", []))),
@@ -372,6 +375,16 @@ def render_html(run: RunSummary, figures: list[Figure]) -> str:
                      f"<figcaption>{html.escape(fig.caption)}</figcaption></figure>")
     parts.append("</body></html>\n")
     return "\n".join(parts)
+
+
+def _fit_time(seconds: list[float]) -> str:
+    if not seconds:
+        return "not recorded"
+    passes = seconds[1:]
+    text = f"{sum(seconds):.1f} s (initialisation {seconds[0]:.1f} s"
+    if passes:
+        text += f", {len(passes)} EM passes, {np.mean(passes):.2f} s each on average"
+    return text + ")"
 
 
 def _centers_from_arrays(arrays: dict) -> np.ndarray:

@@ -235,6 +235,8 @@ def test_report_of_a_selection_renders_with_all_its_figures(select_run, tmp_path
     assert text.count("data:image/png;base64,") == 5  # self-contained
     assert "src='http" not in text and "<link" not in text
     assert "class='chosen'" in text
+    n_passes = len(RunStore(str(store)).read_history()["seconds"]) - 1
+    assert f"{n_passes} EM passes" in text
     drawn, total = render_in_browser(page)
     assert (drawn, total) == (5, 5)
 
