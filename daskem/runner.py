@@ -26,7 +26,7 @@ from daskem.estimators import GaussianMixture, KMeans
 from daskem.io.outputs import write_outputs
 from daskem.io.source import Source, open_source
 from daskem.kernels.mstep import GaussianParams
-from daskem.store import RunStore, RunStoreError
+from daskem.store import RunStore, RunStoreError, model_checksum
 
 EXIT_OK = 0
 EXIT_CONFIG = 2
@@ -114,8 +114,19 @@ def build_estimator(config: RunConfig, **warm):
     return GaussianMixture(**gmm, **_common_settings(config))
 
 
-def warm_store(config: RunConfig) -> RunStore | None:
-    """The run store a warm start begins from, checked to hold a model of the right kind."""
+@dataclass(frozen=True)
+class WarmModel:
+    """The model of the run store a warm start begins from, read once per job."""
+
+    path: str
+    estimator: object  # the fitted KMeans or GaussianMixture
+    attrs: dict  # the model's attributes (features, params, standardisation, ...)
+    checksum: str  # of its arrays: a resumed warm start must begin from the same model
+
+
+def read_warm_model(config: RunConfig) -> WarmModel | None:
+    """The model ``model.init.from_run`` names, checked to be of the right kind and space
+    (``None`` without a warm start)."""
     init = config.model.init
     if not isinstance(init, FromRun):
         return None
@@ -123,7 +134,7 @@ def warm_store(config: RunConfig) -> RunStore | None:
     if not store.exists():
         raise ConfigError(f"model.init.from_run: no run store at {init.from_run}")
     try:
-        kind, _, attrs = store.read_model()
+        kind, arrays, attrs = store.read_model()
     except RunStoreError as exc:
         raise ConfigError(f"model.init.from_run: {exc}") from None
     if kind != config.model.kind:
@@ -135,21 +146,21 @@ def warm_store(config: RunConfig) -> RunStore | None:
             f"model.init.from_run: the model in {init.from_run} was fitted on "
             f"{'standardized' if saved else 'unstandardized'} features; set "
             f"data.standardize: {'true' if saved else 'false'}")
-    return store
+    objectives = tuple(store.read_history().get("objective", []))
+    return WarmModel(init.from_run, estimator_from_model(kind, arrays, attrs, objectives),
+                     attrs, model_checksum(arrays))
 
 
-def warm_start(config: RunConfig, source: Source) -> dict:
+def warm_start(config: RunConfig, source: Source, warm: WarmModel | None) -> dict:
     """Estimator settings that start from the earlier run's model (empty if none).
 
     Refuses a model whose feature count or names differ from the data's, or whose size or
     covariance type differ from ones the config sets explicitly (unset, they are taken
     from the model).
     """
-    store = warm_store(config)
-    if store is None:
+    if warm is None:
         return {}
-    path = config.model.init.from_run
-    estimator, attrs = load_estimator(store)
+    path, estimator, attrs = warm.path, warm.estimator, warm.attrs
     n_features = int(source.X.shape[1])
     if attrs["n_features"] != n_features:
         raise DataError(f"model.init.from_run: the model in {path} was fitted on "
@@ -242,12 +253,15 @@ def connect(cluster: ClusterConfig | None, reporter: Reporter):
         yield client
 
 
-def probe_data(config: RunConfig) -> Source:
-    """Open the source's metadata only (no pass), to fail fast before a cluster starts."""
+def probe_data(config: RunConfig, warm: WarmModel | None = None) -> Source:
+    """Open the source's metadata only (no pass), to fail fast before a cluster starts.
+
+    A warm start that cannot work fails here too (``warm``: its model, if already read).
+    """
     source = open_source(config.data.model_copy(update={"missing": "error",
                                                         "standardize": False}))
     check_size(config, int(source.full.shape[0]))
-    warm_start(config, source)  # a warm start that cannot work fails here, before a cluster
+    warm_start(config, source, warm if warm is not None else read_warm_model(config))
     return source
 
 
@@ -259,28 +273,28 @@ def check_size(config: RunConfig, n_rows: int) -> None:
                           f"data.path {config.data.path}")
 
 
-def open_data(config: RunConfig, store: RunStore | None = None) -> Source:
+def open_data(config: RunConfig, store: RunStore | None = None,
+              warm: WarmModel | None = None) -> Source:
     """The config's source; a resumed run reuses the stored standardisation, and a warm
     start the standardisation of the run it starts from (its model lives in that space)."""
-    standardize = None
-    for origin in (store, warm_store(config)):
-        if origin is not None and origin.exists():
-            saved = origin.attrs.get("standardize")
-            if saved:
-                standardize = (np.asarray(saved["mean"]), np.asarray(saved["scale"]))
-                break
+    saved = None
+    if store is not None and store.exists():
+        saved = store.attrs.get("standardize")
+    if not saved and warm is not None:
+        saved = warm.attrs.get("standardize")
+    standardize = (np.asarray(saved["mean"]), np.asarray(saved["scale"])) if saved else None
     source = open_source(config.data, standardize=standardize, persist=config.fit.persist)
     check_size(config, int(source.X.shape[0]))
     return source
 
 
-def open_store(config: RunConfig, source: Source, *, force: bool = False) -> RunStore:
+def open_store(config: RunConfig, source: Source, warm: WarmModel | None = None, *,
+               force: bool = False) -> RunStore:
     store = RunStore(config.run.store)
     config_hash = config.result_hash()
     fingerprint = dict(source.fingerprint)
-    warm = warm_store(config)
     if warm is not None:  # a resumed warm start must begin from the same model
-        fingerprint["init_model"] = warm.model_checksum()
+        fingerprint["init_model"] = warm.checksum
     if store.exists():
         store.check_compatible(config_hash, fingerprint, force=force)
     else:
@@ -323,10 +337,16 @@ def model_record(estimator, source: Source) -> tuple[str, dict, dict, dict]:
 
 
 def load_estimator(store: RunStore):
-    """The fitted estimator kept in a run store's ``model/`` group."""
+    """The fitted estimator kept in a run store's ``model/`` group, and its attributes."""
     kind, arrays, attrs = store.read_model()
-    params = attrs["params"]
     objectives = tuple(store.read_history().get("objective", []))
+    return estimator_from_model(kind, arrays, attrs, objectives), attrs
+
+
+def estimator_from_model(kind: str, arrays: dict, attrs: dict, objectives: tuple):
+    """A fitted estimator from a model as :meth:`RunStore.read_model` returns it and its
+    objective per iteration (``history/objective``)."""
+    params = attrs["params"]
     if kind == "kmeans":
         est = KMeans(**params)
         state = EMState(arrays["cluster_centers"], attrs["n_iter"], attrs["converged"],
@@ -338,7 +358,7 @@ def load_estimator(store: RunStore):
                             arrays["covariances"], arrays["precisions_cholesky"])
         est._set_state(EMState(gp, attrs["n_iter"], attrs["converged"], objectives),
                        attrs["n_features"])
-    return est, attrs
+    return est
 
 
 def output_names(config: RunConfig) -> list[str]:
@@ -388,14 +408,15 @@ def run_job(config: RunConfig, reporter: Reporter, *, force: bool = False) -> in
             reporter.info(f"{config.run.store} is complete for this config; nothing to do "
                           f"(daskem inspect {config.run.store} shows it)")
             return EXIT_OK
-    probe_data(config)
+    warm = read_warm_model(config)
+    probe_data(config, warm)
     with connect(config.cluster, reporter) as client:
         del client
-        source = open_data(config, store)
+        source = open_data(config, store, warm)
         reporter.info(f"data: {source.description}")
         for note in source.notes:
             reporter.info(f"data: {note}")
-        store = open_store(config, source, force=force)
+        store = open_store(config, source, warm, force=force)
         resumed = store.read_pointer()
         if resumed is not None:
             reporter.info(f"resuming from checkpoint {resumed.group} "
@@ -407,9 +428,9 @@ def run_job(config: RunConfig, reporter: Reporter, *, force: bool = False) -> in
             estimator = selection.best_estimator_
         else:
             selection = None
-            estimator = build_estimator(config, **warm_start(config, source))
-            if isinstance(config.model.init, FromRun):
-                reporter.info(f"warm start from the model in {config.model.init.from_run}")
+            estimator = build_estimator(config, **warm_start(config, source, warm))
+            if warm is not None:
+                reporter.info(f"warm start from the model in {warm.path}")
             kind = config.model.kind
             reporter.info(f"fitting {estimator!r}")
             reporter.started = time.monotonic()

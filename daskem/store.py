@@ -71,6 +71,15 @@ def _checksum(arrays: list[np.ndarray]) -> str:
     return digest.hexdigest()
 
 
+def model_checksum(arrays: dict[str, np.ndarray]) -> str:
+    """Checksum of a model's arrays, names and values (as ``read_model`` returns them)."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        digest.update(name.encode())
+        digest.update(_checksum([arrays[name]]).encode())
+    return digest.hexdigest()
+
+
 def _state_arrays(state: EMState) -> dict[str, np.ndarray]:
     if isinstance(state.params, GaussianParams):
         return {name: np.asarray(getattr(state.params, name)) for name in GAUSSIAN_ARRAYS}
@@ -320,15 +329,6 @@ class RunStore:
         hist = root.create_group("history")
         for key, value in history.items():
             hist.create_array(key, data=np.asarray(value, dtype=np.float64))
-
-    def model_checksum(self) -> str:
-        """Checksum of the fitted model's arrays (names and values)."""
-        _, arrays, _ = self.read_model()
-        digest = hashlib.sha256()
-        for name in sorted(arrays):
-            digest.update(name.encode())
-            digest.update(_checksum([arrays[name]]).encode())
-        return digest.hexdigest()
 
     def read_model(self) -> tuple[str, dict[str, np.ndarray], dict]:
         try:

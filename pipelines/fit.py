@@ -15,26 +15,39 @@ from daskem.runner import (
     Reporter,
     build_estimator,
     connect,
+    fit_selection,
     model_record,
     open_data,
     open_store,
     output_names,
+    probe_data,
+    read_warm_model,
+    warm_start,
 )
 
 
 def fit(config_path: str, overrides: list[str]) -> dict:
     config = load_config(config_path, overrides)
     reporter = Reporter()
+    warm = read_warm_model(config)  # None unless model.init.from_run
+    probe_data(config, warm)  # fail on bad data or an unusable warm start before any work
     with connect(config.cluster, reporter):
-        source = open_data(config)
-        store = open_store(config, source)
-        estimator = build_estimator(config)
-        estimator.fit(source.rows if source.rows is not None else source.X, checkpoint=store,
-                      callback=lambda n, states: reporter.iteration(
-                          n, states, config.model.kind, config.model.max_iter))
+        source = open_data(config, warm=warm)
+        store = open_store(config, source, warm)
+        rows = source.rows if source.rows is not None else source.X
+        selection = None
+        if config.select is not None:  # a grid of candidates in shared passes
+            selection = fit_selection(config, rows, store, reporter)
+            estimator = selection.best_estimator_
+        else:
+            estimator = build_estimator(config, **warm_start(config, source, warm))
+            estimator.fit(rows, checkpoint=store, callback=lambda n, states: reporter.iteration(
+                n, states, config.model.kind, config.model.max_iter))
         kind, arrays, attrs, history = model_record(estimator, source)
         history["seconds"] = np.asarray(store.pass_seconds())
         store.write_model(kind, arrays, attrs, history)
+        if selection is not None:
+            store.write_selection(selection)
         written = write_outputs(estimator, source, output_names(config),
                                 config.output.path or config.run.store,
                                 "outputs" if config.output.path is None else "")
