@@ -50,6 +50,7 @@ class RunSummary:
     model: dict
     objectives: list[tuple[str, list[float], bool]]  # (label, values, chosen)
     selection: dict | None
+    estimator: object  # the fitted KMeans or GaussianMixture
     seconds: list[float] = field(default_factory=list)  # initialisation, then each pass
     sample: np.ndarray | None = None
     sample_note: str = ""
@@ -82,9 +83,14 @@ def read_run(store_path: str, sample_rows: int = 4000, seed: int = 0) -> RunSumm
                 if values else -1)
         for i, s in enumerate(states):
             objectives.append((f"restart {i}", list(s.objectives), i == best))
-    seconds = [float(v) for v in store.read_history().get("seconds", [])]
+    from daskem.runner import estimator_from_model
+
+    history = store.read_history()
+    estimator = estimator_from_model(kind, arrays, model,
+                                     tuple(history.get("objective", [])))
+    seconds = [float(v) for v in history.get("seconds", [])]
     summary = RunSummary(store_path, store.attrs, kind, arrays, model, objectives, selection,
-                         seconds)
+                         estimator, seconds)
     summary.sample, summary.sample_note = _read_sample(summary, sample_rows, seed)
     return summary
 
@@ -127,15 +133,6 @@ def _png(fig) -> bytes:
 
     plt.close(fig)
     return buffer.getvalue()
-
-
-def _labels_and_model(run: RunSummary):
-    """Predicted labels of the sample, and (means, 2-D covariances getter)."""
-    from daskem.runner import load_estimator
-
-    estimator, _ = load_estimator(RunStore(run.path))
-    labels = estimator.predict(run.sample) if run.sample is not None else None
-    return estimator, labels
 
 
 def _covariance(estimator, k: int) -> np.ndarray | None:
@@ -302,7 +299,8 @@ def make_figures(run: RunSummary) -> list[Figure]:
     import matplotlib
 
     matplotlib.use("Agg")
-    estimator, labels = _labels_and_model(run)
+    estimator = run.estimator
+    labels = estimator.predict(run.sample) if run.sample is not None else None
     figures = [objective_figure(run), weights_figure(run, estimator, labels),
                projection_figure(run, estimator, labels), means_figure(run, estimator)]
     if run.selection is not None:
