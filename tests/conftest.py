@@ -68,10 +68,17 @@ def feature_store_module():
     return module
 
 
+def synthetic_store(path, n_rows: int, n_features: int, n_components: int, *,
+                    chunk_rows: int, seed: int):
+    """Write a Zarr feature store from the synthetic generator at ``path``; return it."""
+    mfs = feature_store_module()
+    mfs.write_zarr(str(path), mfs.synthetic_array(n_rows, n_features, n_components,
+                                                  chunk_rows=chunk_rows, seed=seed))
+    return path
+
+
 @pytest.fixture(scope="session")
 def small_store(tmp_path_factory):
     """A 3,000 x 4 Zarr feature store from the synthetic generator."""
-    mfs = feature_store_module()
-    path = tmp_path_factory.mktemp("stores") / "small.zarr"
-    mfs.write_zarr(str(path), mfs.synthetic_array(3000, 4, 3, chunk_rows=700, seed=5))
-    return path
+    return synthetic_store(tmp_path_factory.mktemp("stores") / "small.zarr", 3000, 4, 3,
+                           chunk_rows=700, seed=5)

@@ -17,7 +17,7 @@ import pytest
 import xarray as xr
 import yaml
 import zarr
-from conftest import feature_store_module
+from conftest import feature_store_module, synthetic_store
 
 from daskem import GaussianMixture, KMeans
 from daskem.store import RunStore
@@ -134,10 +134,8 @@ def test_bad_data_and_changed_config_exit_codes(tmp_path, small_store):
 
 def test_killed_run_resumes_to_identical_parameters(tmp_path):
     """SIGKILL `daskem run` after a few checkpoints; the rerun ends bit-identical."""
-    mfs = feature_store_module()
-    data_path = tmp_path / "kill.zarr"
-    mfs.write_zarr(str(data_path), mfs.synthetic_array(60_000, 8, 6, chunk_rows=7_500,
-                                                       seed=9))
+    data_path = synthetic_store(tmp_path / "kill.zarr", 60_000, 8, 6, chunk_rows=7_500,
+                                seed=9)
     model = {"kind": "gmm", "n_components": 6, "covariance_type": "full", "max_iter": 30,
              "tol": 0.0, "n_init": 2, "random_state": 4}
     data = {"path": str(data_path)}

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import yaml
 import zarr
-from conftest import feature_store_module
+from conftest import synthetic_store
 from distributed import Client, LocalCluster
 
 from daskem import GaussianMixture, KMeans
@@ -32,10 +32,8 @@ pytestmark = pytest.mark.distributed
 
 @pytest.fixture(scope="module")
 def store_path(tmp_path_factory):
-    mfs = feature_store_module()
-    path = tmp_path_factory.mktemp("faults") / "data.zarr"
-    mfs.write_zarr(str(path), mfs.synthetic_array(80_000, 6, 4, chunk_rows=5_000, seed=13))
-    return path
+    return synthetic_store(tmp_path_factory.mktemp("faults") / "data.zarr", 80_000, 6, 4,
+                           chunk_rows=5_000, seed=13)
 
 
 def worker_pids(client) -> list[int]:
@@ -173,9 +171,7 @@ def test_damaged_checkpoint_falls_back_with_warning(tmp_path, store_path):
 
 
 def test_changed_store_refused_unless_forced(tmp_path):
-    mfs = feature_store_module()
-    data = tmp_path / "grows.zarr"
-    mfs.write_zarr(str(data), mfs.synthetic_array(4_000, 3, 2, chunk_rows=1_000, seed=1))
+    data = synthetic_store(tmp_path / "grows.zarr", 4_000, 3, 2, chunk_rows=1_000, seed=1)
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump({
         "data": {"path": str(data)}, "model": {"n_components": 2, "max_iter": 3},
@@ -183,7 +179,7 @@ def test_changed_store_refused_unless_forced(tmp_path):
         "run": {"store": str(tmp_path / "r.zarr")}}))
     assert run_cli("run", str(config), "-q").returncode == 0
     RunStore(str(tmp_path / "r.zarr")).set_status("running")  # as if interrupted
-    mfs.write_zarr(str(data), mfs.synthetic_array(5_000, 3, 2, chunk_rows=1_000, seed=1))
+    synthetic_store(data, 5_000, 3, 2, chunk_rows=1_000, seed=1)
     result = run_cli("run", str(config), "-q")
     assert result.returncode == 2
     assert "data source changed" in result.stderr and "shape" in result.stderr

@@ -9,7 +9,7 @@ import dask.array as da
 import numpy as np
 import pytest
 import zarr
-from conftest import feature_store_module
+from conftest import feature_store_module, synthetic_store
 
 from daskem import ConvergenceWarning, GaussianMixture, KMeans
 from daskem.engine.data import as_chunked
@@ -19,9 +19,8 @@ from daskem.io.source import ZarrRows
 
 @pytest.fixture(scope="module")
 def zarr_rows(tmp_path_factory):
-    mfs = feature_store_module()
-    path = tmp_path_factory.mktemp("rows") / "rows.zarr"
-    mfs.write_zarr(str(path), mfs.synthetic_array(5000, 4, 3, chunk_rows=400, seed=3))
+    path = synthetic_store(tmp_path_factory.mktemp("rows") / "rows.zarr", 5000, 4, 3,
+                           chunk_rows=400, seed=3)
     return ZarrRows(str(path), "X")
 
 

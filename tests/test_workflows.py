@@ -13,7 +13,7 @@ import dask.array as da
 import numpy as np
 import pytest
 import zarr
-from conftest import feature_store_module
+from conftest import synthetic_store
 from test_cli import run_cli, write_config
 
 from daskem import GaussianMixture, KMeans, select_mixture
@@ -84,9 +84,7 @@ def test_select_command_needs_a_select_section(tmp_path, small_store):
 
 def _grown_store(path, n_rows, names=None, n_features=4):
     """The small store's generator with more rows (its first rows are the same)."""
-    mfs = feature_store_module()
-    mfs.write_zarr(str(path), mfs.synthetic_array(n_rows, n_features, 3, chunk_rows=700,
-                                                  seed=5))
+    synthetic_store(path, n_rows, n_features, 3, chunk_rows=700, seed=5)
     if names is not None:
         zarr.open_group(str(path), mode="a").attrs["features"] = names
     return path
@@ -242,9 +240,7 @@ def test_report_of_a_selection_renders_with_all_its_figures(select_run, tmp_path
 
 
 def test_report_without_its_data_still_shows_the_model(tmp_path):
-    mfs = feature_store_module()
-    data = tmp_path / "gone.zarr"
-    mfs.write_zarr(str(data), mfs.synthetic_array(1500, 3, 2, chunk_rows=500, seed=1))
+    data = synthetic_store(tmp_path / "gone.zarr", 1500, 3, 2, chunk_rows=500, seed=1)
     store = tmp_path / "km.zarr"
     cfg = write_config(tmp_path, "km", data={"path": str(data)},
                        model={"kind": "kmeans", "n_components": 2, "n_init": 2},
