@@ -97,8 +97,11 @@ def write_zarr(path: str, X: da.Array) -> None:
     import zarr
 
     root = zarr.open_group(path, mode="w")
+    # zstd with its frame checksum: a chunk damaged on disk fails to decode instead of
+    # decoding to wrong numbers.
     arr = root.create_array("X", shape=X.shape, chunks=(X.chunks[0][0], X.shape[1]),
-                            dtype=X.dtype)
+                            dtype=X.dtype,
+                            compressors=zarr.codecs.ZstdCodec(level=3, checksum=True))
     da.store(X, arr, lock=False)
     root.attrs.update({"features": feature_names(X.shape[1]),
                        "description": "daskem synthetic feature store"})

@@ -7,9 +7,16 @@ A config that points at nothing (no store at ``data.path``, no such variable) is
 Sources: a Zarr array (or an array inside a Zarr group), an xarray dataset stored in Zarr
 (feature variables named, sample dimensions stacked in order, e.g. time × lat × lon), a
 NumPy ``.npy`` file; any of them at a local path or an fsspec URL with storage options.
-Nothing is read here but metadata, except for the policies that need a pass: ``missing:
-drop`` (one pass to find the rows to keep) and ``standardize`` (one pass for mean and
-standard deviation).
+Nothing is read here but metadata and one listing of the keys stored under each input
+array, except for the policies that need a pass: ``missing: drop`` (one pass to find the
+rows to keep) and ``standardize`` (one pass for mean and standard deviation).
+
+Every chunk of a Zarr input must be stored and readable (``data.missing_chunks: error``):
+the listing is compared with each array's chunk grid when the source is opened, the arrays
+are read through :class:`~daskem.io.checked.StrictStore` (a chunk missing later is an
+error too, never the fill value), and a chunk that fails to read is a
+:class:`~daskem.io.checked.ChunkError` naming the chunk, its key and its rows. The same
+listing gives the fingerprint's ``chunks`` digest (key and size of every stored chunk).
 """
 
 from __future__ import annotations
@@ -23,6 +30,15 @@ import numpy as np
 
 from daskem.config import ConfigError, DataConfig
 from daskem.errors import DataError
+from daskem.io.checked import (
+    ChunkGrid,
+    check_chunks,
+    checked_dask,
+    chunks_digest,
+    list_chunks,
+    open_store,
+    read_checked,
+)
 
 
 class ZarrRows:
@@ -32,26 +48,34 @@ class ZarrRows:
     64 MiB of whole Zarr chunks, so a pass costs the scheduler one task per block, however
     finely the store is chunked. Integers are read as float64; ``standardize`` is an
     optional (mean, scale) applied to every row read.
+
+    ``missing_chunks="error"`` (the default): a chunk that is not stored is an error, never
+    the fill value; any chunk that fails to read is a :class:`~daskem.io.checked.ChunkError`
+    naming the chunk and its rows.
     """
 
     def __init__(self, path: str, component: str | None = None,
                  storage_options: dict | None = None,
-                 standardize: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+                 standardize: tuple[np.ndarray, np.ndarray] | None = None,
+                 missing_chunks: str = "error") -> None:
         self.path = path
         self.component = component
         self.storage_options = storage_options or None
         self.standardize = standardize
+        self.missing_chunks = missing_chunks
         arr = self._open()
         self.shape = tuple(int(s) for s in arr.shape)
         self.dtype = np.dtype(np.float64) if arr.dtype.kind in "iub" else arr.dtype
         self.chunk_rows = int(arr.chunks[0])
+        self.grid = ChunkGrid.of(arr, path)
         self._array = arr
 
     def _open(self):
         import zarr
 
-        return zarr.open_array(self.path, path=self.component, mode="r",
-                               storage_options=self.storage_options)
+        store = open_store(self.path, self.storage_options,
+                           strict=self.missing_chunks == "error")
+        return zarr.open_array(store, path=self.component or "", mode="r")
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -61,14 +85,16 @@ class ZarrRows:
     def read(self, start: int, stop: int) -> np.ndarray:
         if self._array is None:
             self._array = self._open()
-        x = np.asarray(self._array[start:stop]).astype(self.dtype, copy=False)
+        x = read_checked(self._array, self.grid, slice(start, stop)).astype(self.dtype,
+                                                                             copy=False)
         if self.standardize is not None:
             mean, scale = self.standardize
             x = ((x - mean) / scale).astype(self.dtype, copy=False)
         return x
 
     def to_dask(self) -> da.Array:
-        x = da.from_zarr(self._array if self._array is not None else self._open())
+        arr = self._array if self._array is not None else self._open()
+        x = checked_dask(arr, self.grid, arr.chunks, token=self.missing_chunks)
         x = x.astype(self.dtype)
         if self.standardize is not None:
             mean, scale = self.standardize
@@ -123,11 +149,55 @@ def _check_numeric(dtype: np.dtype, where: str) -> None:
         raise DataError(f"{where} has dtype {dtype}; daskem needs numbers")
 
 
-def _open_zarr_array(cfg: DataConfig):
+@dataclass
+class _Opened:
+    """What an opener found: the rows, their names and layout, the stored chunks."""
+
+    X: da.Array
+    names: list[str]
+    layout: GridLayout | None = None
+    chunks: list[tuple[str, int]] | None = None  # (key, size) of every stored input chunk
+    component: str | None = None  # zarr: the array's path inside the store
+    notes: list[str] = field(default_factory=list)
+
+
+def _open_store(cfg: DataConfig):
+    """The store at ``data.path``: strict (a missing chunk is an error) unless
+    ``data.missing_chunks: fill``."""
+    try:
+        return open_store(cfg.path, cfg.storage_options or None,
+                          strict=cfg.missing_chunks == "error")
+    except TypeError as exc:
+        raise ConfigError(f"data.storage_options: {exc}") from None
+    except FileNotFoundError:
+        raise ConfigError(f"data.path: no Zarr store at {cfg.path}") from None
+    except Exception as exc:  # noqa: BLE001 - fsspec raises many kinds for bad URLs
+        raise DataError(f"data.path: cannot open {cfg.path} as Zarr: {exc}") from None
+
+
+def _stored_chunks(cfg: DataConfig, grid: ChunkGrid, notes: list[str]
+                   ) -> list[tuple[str, int]] | None:
+    """One listing of the keys stored under ``grid``'s array, checked against its grid.
+
+    None when the store cannot be listed (the reads still refuse a missing chunk).
+    """
+    try:
+        found = list_chunks(cfg.path, cfg.storage_options or None, grid.array)
+    except FileNotFoundError:
+        found = {}
+    except Exception as exc:  # noqa: BLE001 - a store that cannot be listed is still read
+        notes.append(f"could not list the chunks of {grid.label} ({type(exc).__name__}: "
+                     f"{exc}); missing chunks are found when they are read")
+        return None
+    return check_chunks(grid, found, missing=cfg.missing_chunks)
+
+
+def _open_zarr_array(cfg: DataConfig, store=None):
     import zarr
 
+    store = store if store is not None else _open_store(cfg)
     try:
-        node = zarr.open(cfg.path, mode="r", storage_options=cfg.storage_options or None)
+        node = zarr.open(store, mode="r")
     except FileNotFoundError:
         raise ConfigError(f"data.path: no Zarr store at {cfg.path}") from None
     except Exception as exc:  # noqa: BLE001 - zarr raises many kinds for unreadable stores
@@ -153,19 +223,27 @@ def _open_zarr_array(cfg: DataConfig):
     return arr, list(names)
 
 
-def _zarr_source(cfg: DataConfig):
+def _zarr_source(cfg: DataConfig) -> _Opened:
     arr, names = _open_zarr_array(cfg)
     _check_numeric(arr.dtype, f"the Zarr array at {cfg.path}")
     if arr.ndim != 2:
         raise DataError(f"data.path: the Zarr array at {cfg.path} is {arr.ndim}-D; expected "
                         "(n_samples, n_features)")
-    X = da.from_zarr(arr)
+    grid = ChunkGrid.of(arr, cfg.path)
+    notes: list[str] = []
+    stored = _stored_chunks(cfg, grid, notes)
+    X = checked_dask(arr, grid, arr.chunks, token=_token(cfg, stored))
     if len(names) != arr.shape[1]:
         names = [f"feature_{j}" for j in range(arr.shape[1])]
-    return X, names, None
+    return _Opened(X, names, chunks=stored, component=arr.path or None, notes=notes)
 
 
-def _npy_source(cfg: DataConfig):
+def _token(cfg: DataConfig, stored: list[tuple[str, int]] | None) -> str:
+    """Part of the read tasks' names: the policy and what the listing found."""
+    return f"{cfg.missing_chunks}-{chunks_digest(stored) if stored is not None else ''}"
+
+
+def _npy_source(cfg: DataConfig) -> _Opened:
     import fsspec
 
     try:
@@ -184,15 +262,20 @@ def _npy_source(cfg: DataConfig):
         raise DataError(f"data.path: the array in {cfg.path} is {arr.ndim}-D; expected "
                         "(n_samples, n_features)")
     X = da.from_array(arr, chunks=(cfg.chunk_rows or "auto", -1))
-    return X, [f"feature_{j}" for j in range(arr.shape[1])], None
+    return _Opened(X, [f"feature_{j}" for j in range(arr.shape[1])])
 
 
-def _xarray_source(cfg: DataConfig):
+def _xarray_source(cfg: DataConfig) -> _Opened:
     import xarray as xr
+    import zarr
 
+    store = _open_store(cfg)
     try:
-        ds = xr.open_zarr(cfg.path, storage_options=cfg.storage_options or None,
-                          consolidated=False)
+        # chunks=None: lazily indexed variables (CF decoding kept), read below through
+        # CheckedArray, one task per storage chunk as open_zarr's dask arrays;
+        # cache=False: a variable is not kept in memory once read.
+        ds = xr.open_dataset(store, engine="zarr", consolidated=False, chunks=None,
+                             cache=False)
     except FileNotFoundError:
         raise ConfigError(f"data.path: no Zarr store at {cfg.path}") from None
     except Exception as exc:  # noqa: BLE001
@@ -205,23 +288,40 @@ def _xarray_source(cfg: DataConfig):
                             f"{cfg.path}; it has: {', '.join(sorted(map(str, ds.data_vars)))}")
         for name in cfg.features:
             _check_numeric(ds[name].dtype, f"data.features: variable {name!r}")
-        arr = ds[cfg.features].to_dataarray("feature")
-        names = list(cfg.features)
+        inputs = list(cfg.features)
     elif cfg.variable:
         if cfg.variable not in ds.data_vars:
             raise ConfigError(f"data.variable: no variable {cfg.variable!r} in {cfg.path}; it "
                             f"has: {', '.join(sorted(map(str, ds.data_vars)))}")
-        arr = ds[cfg.variable]
-        _check_numeric(arr.dtype, f"data.variable: variable {cfg.variable!r}")
-        if not cfg.feature_dim or cfg.feature_dim not in arr.dims:
+        _check_numeric(ds[cfg.variable].dtype, f"data.variable: variable {cfg.variable!r}")
+        if not cfg.feature_dim or cfg.feature_dim not in ds[cfg.variable].dims:
             raise ConfigError(f"data.feature_dim: give the feature dimension of {cfg.variable!r}"
-                            f" (one of {', '.join(map(str, arr.dims))})")
-        arr = arr.rename({cfg.feature_dim: "feature"})
-        names = [str(v) for v in arr["feature"].values] if "feature" in arr.coords else [
-            f"{cfg.variable}_{j}" for j in range(arr.sizes["feature"])]
+                            f" (one of {', '.join(map(str, ds[cfg.variable].dims))})")
+        inputs = [cfg.variable]
     else:
         raise ConfigError("data.features: name the feature variables (or data.variable with "
                         "data.feature_dim) of the xarray dataset")
+    notes: list[str] = []
+    stored: list[tuple[str, int]] | None = []
+    for name in inputs:
+        try:
+            zarr_arr = zarr.open_array(store, path=name, mode="r")
+        except Exception as exc:  # noqa: BLE001
+            raise DataError(f"data.path: cannot open variable {name!r} of {cfg.path}: "
+                            f"{exc}") from None
+        grid = ChunkGrid.of(zarr_arr, cfg.path, label=f"variable {name}",
+                            dims=ds[name].dims)
+        listed = _stored_chunks(cfg, grid, notes)
+        stored = None if listed is None or stored is None else stored + listed
+        ds[name] = _checked_variable(ds[name].variable, grid, zarr_arr.chunks,
+                                     _token(cfg, listed))
+    if cfg.features:
+        arr = ds[cfg.features].to_dataarray("feature")
+        names = list(cfg.features)
+    else:
+        arr = ds[cfg.variable].rename({cfg.feature_dim: "feature"})
+        names = [str(v) for v in arr["feature"].values] if "feature" in arr.coords else [
+            f"{cfg.variable}_{j}" for j in range(arr.sizes["feature"])]
     other = [str(d) for d in arr.dims if d != "feature"]
     sample_dims = list(cfg.sample_dims) if cfg.sample_dims else other
     if sorted(sample_dims) != sorted(other):
@@ -234,7 +334,22 @@ def _xarray_source(cfg: DataConfig):
     X = data.reshape(n, len(names))
     coords = {d: np.asarray(ds[d].values) if d in ds.coords else np.arange(arr.sizes[d])
               for d in sample_dims}
-    return X, names, GridLayout(sample_dims, shape, coords)
+    return _Opened(X, names, GridLayout(sample_dims, shape, coords), chunks=stored, notes=notes)
+
+
+def _checked_variable(var, grid: ChunkGrid, chunks, token: str):
+    """``var`` (lazily indexed, CF-decoded) as a dask array reading through CheckedArray."""
+    from xarray.core.indexing import (
+        ExplicitlyIndexed,
+        ImplicitToExplicitIndexingAdapter,
+        OuterIndexer,
+    )
+
+    lazy = var._data
+    if isinstance(lazy, ExplicitlyIndexed):
+        lazy = ImplicitToExplicitIndexingAdapter(lazy, OuterIndexer)
+    data = checked_dask(lazy, grid, tuple(chunks), dtype=var.dtype, token=token)
+    return var.copy(deep=False, data=data)
 
 
 def open_source(cfg: DataConfig, *, standardize: tuple[np.ndarray, np.ndarray] | None = None,
@@ -246,7 +361,8 @@ def open_source(cfg: DataConfig, *, standardize: tuple[np.ndarray, np.ndarray] |
     """
     fmt = _detect_format(cfg)
     opener = {"zarr": _zarr_source, "npy": _npy_source, "xarray": _xarray_source}[fmt]
-    full, names, layout = opener(cfg)
+    opened = opener(cfg)
+    full, names, layout = opened.X, opened.names, opened.layout
     if full.dtype.kind in "iub":
         full = full.astype(np.float64)
     full = full.rechunk({0: cfg.chunk_rows or full.chunks[0][0], 1: -1}) if (
@@ -254,10 +370,12 @@ def open_source(cfg: DataConfig, *, standardize: tuple[np.ndarray, np.ndarray] |
     ) else full
     fingerprint = {"path": cfg.path, "format": fmt, "shape": list(map(int, full.shape)),
                    "dtype": str(full.dtype), "chunk_rows": int(full.chunks[0][0]),
-                   "features": names}
+                   "features": names,
+                   "chunks": chunks_digest(opened.chunks) if opened.chunks is not None
+                   else None}
     X = full
     n_dropped = 0
-    notes = []
+    notes = list(opened.notes)
     if cfg.missing == "drop":
         keep = da.isfinite(full).all(axis=1)
         X = full[keep]
@@ -282,8 +400,8 @@ def open_source(cfg: DataConfig, *, standardize: tuple[np.ndarray, np.ndarray] |
                    f"{full.dtype}, {X.numblocks[0]} chunks")
     rows = None
     if fmt == "zarr" and cfg.missing == "error" and not persist:
-        arr, _ = _open_zarr_array(cfg)
-        rows = ZarrRows(cfg.path, arr.path or None, cfg.storage_options, standardize)
+        rows = ZarrRows(cfg.path, opened.component, cfg.storage_options, standardize,
+                        missing_chunks=cfg.missing_chunks)
     return Source(full=full, X=X, rows=rows, features=names, n_dropped=n_dropped,
                   layout=layout,
                   fingerprint=fingerprint, standardize=standardize, description=description,
