@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -16,8 +17,10 @@ import typer
 
 from daskem import runner
 from daskem.config import ConfigError, load_config
-from daskem.errors import DataError, FitError, ParameterError
-from daskem.store import RunStore, RunStoreError
+from daskem.errors import DataError, FitError, ParameterError, StorageError
+from daskem.lease import LeaseHeld, LeaseLost
+from daskem.stopping import JobStopped, Stopper
+from daskem.store import RunStore, RunStoreError, no_run_store
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Fit k-means and Gaussian mixtures on Dask clusters, from Zarr and "
@@ -28,40 +31,72 @@ SetOpt = Annotated[list[str], typer.Option("--set", help="override a key: --set 
                                            "model.n_components=12 (repeatable)")]
 
 
-def _fail(code: int, message: str) -> None:
-    hint = {runner.EXIT_CONFIG: "fix the config and rerun",
-            runner.EXIT_DATA: "fix the data source (or its data.* settings) and rerun",
-            runner.EXIT_RUN: "see the message; rerunning resumes from the last checkpoint",
-            runner.EXIT_CLUSTER: "check the cluster and rerun: the run resumes"}[code]
+ADVICE = {runner.EXIT_CONFIG: "fix the config and rerun",
+          runner.EXIT_DATA: "fix the data source (or its data.* settings) and rerun",
+          runner.EXIT_RUN: "see the message",
+          runner.EXIT_CLUSTER: "check the cluster and rerun: the run resumes"}
+
+
+def _fail(code: int, message: str, remedy: str | None = None) -> None:
     first = " ".join(str(message).split())
-    print(f"daskem: error: {first} ({hint})", file=sys.stderr, flush=True)
+    print(f"daskem: error: {first} ({remedy or ADVICE[code]})", file=sys.stderr, flush=True)
     raise typer.Exit(code)
 
 
-def _guard(fn):
-    """Run ``fn`` and turn daskem's errors into one line and an exit code."""
+def _guard(fn, *, store: str | None = None, stopper: Stopper | None = None):
+    """Run ``fn`` and turn daskem's errors into one line and an exit code.
+
+    ``store``: the run store of a job, read after a failure to say truthfully what a rerun
+    does; ``stopper``: the job's signal handlers (a stop signal explains any failure that
+    follows it, such as workers that the same signal ended).
+    """
+    def rerun(first: str = "") -> str:
+        note = runner.resume_note(store) if store else "rerun"
+        return f"{first}; {note}" if first else note
+
     try:
         return fn()
     except BrokenPipeError:
         # The reader of our output went away (`daskem inspect ... | head`): stop quietly.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return runner.EXIT_OK
-    except (ConfigError, RunStoreError, ParameterError) as exc:
-        _fail(runner.EXIT_CONFIG, str(exc))
-    except DataError as exc:
-        _fail(runner.EXIT_DATA, str(exc))
-    except ConnectionError as exc:
-        _fail(runner.EXIT_CLUSTER, str(exc))
-    except FitError as exc:
-        _fail(runner.EXIT_RUN, str(exc))
     except typer.Exit:
         raise
-    except KeyboardInterrupt:
-        _fail(runner.EXIT_RUN, "interrupted")
-    except Exception as exc:  # noqa: BLE001 - the last line of defence of a batch job
-        if _lost_scheduler(exc):
-            _fail(runner.EXIT_CLUSTER, f"lost the Dask scheduler: {exc}")
-        _fail(runner.EXIT_RUN, f"{type(exc).__name__}: {exc}")
+    except (JobStopped, KeyboardInterrupt) as exc:
+        signum = exc.signum if isinstance(exc, JobStopped) else signal.SIGINT
+        _stopped(signum, rerun())
+    except BaseException as exc:  # noqa: BLE001 - the last line of defence of a batch job
+        if stopper is not None and stopper.received is not None:
+            _stopped(stopper.received, rerun())
+        if not isinstance(exc, Exception):
+            raise
+        _report(exc, rerun)
+
+
+def _stopped(signum: int, note: str) -> None:
+    name = signal.Signals(signum).name
+    print(f"daskem: error: stopped by {name}; the newest checkpoint is complete ({note})",
+          file=sys.stderr, flush=True)
+    raise typer.Exit(128 + int(signum))
+
+
+def _report(exc: Exception, rerun) -> None:
+    remedy = getattr(exc, "remedy", None)
+    if isinstance(exc, (ConfigError, RunStoreError, ParameterError, LeaseHeld)):
+        _fail(runner.EXIT_CONFIG, str(exc), remedy)
+    if isinstance(exc, DataError):
+        _fail(runner.EXIT_DATA, str(exc), remedy)
+    if isinstance(exc, ConnectionError):
+        _fail(runner.EXIT_CLUSTER, str(exc), remedy)
+    if isinstance(exc, StorageError):
+        _fail(runner.EXIT_RUN, str(exc), rerun(remedy or ""))
+    if isinstance(exc, LeaseLost):
+        _fail(runner.EXIT_RUN, str(exc), remedy or "the other job owns the store now")
+    if isinstance(exc, FitError):
+        _fail(runner.EXIT_RUN, str(exc), remedy or "the fit cannot go on with these settings")
+    if _lost_scheduler(exc):
+        _fail(runner.EXIT_CLUSTER, f"lost the Dask scheduler: {exc}")
+    _fail(runner.EXIT_RUN, f"{type(exc).__name__}: {exc}", rerun("see the message"))
 
 
 def _quiet_client_logs(debug: bool) -> None:
@@ -104,12 +139,22 @@ def _job(config: Path, set_: list[str], quiet: bool, log_json: Path | None, forc
         try:
             reporter = runner.Reporter(quiet=quiet or str(log_json) == "-",
                                        json_stream=stream)
-            return runner.run_job(cfg, reporter, force=force)
+            with stopper.installed():
+                return runner.run_job(cfg, reporter, force=force, stopper=stopper)
         finally:
             if stream is not None and stream is not sys.stdout:
                 stream.close()
 
-    raise typer.Exit(_guard(job))
+    stopper = Stopper()
+    raise typer.Exit(_guard(job, store=_store_of(config, set_), stopper=stopper))
+
+
+def _store_of(config: Path, set_: list[str]) -> str | None:
+    """The run store a job config names (``None`` if the config does not load)."""
+    try:
+        return load_config(config, set_).run.store
+    except Exception:  # noqa: BLE001 - the job itself reports what is wrong with it
+        return None
 
 
 @app.command()
@@ -163,7 +208,7 @@ def inspect(
     def job():
         store = RunStore(run_store)
         if not store.exists():
-            raise ConfigError(f"no run store at {run_store}")
+            raise no_run_store(run_store)
         attrs = store.attrs
         pointer = store.read_pointer()
         info = {

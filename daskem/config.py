@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,6 +48,10 @@ class DataConfig(_Section):
                                    "the source's chunking")
     standardize: bool = Field(False, description="scale each feature to mean 0 and "
                               "variance 1 (one extra pass); the model lives in that space")
+    missing_chunks: Literal["error", "fill"] = Field(
+        "error", description="Zarr chunks that are not stored: fail naming the first (and "
+        "the count), or read them as the array's fill value (zarr leaves chunks equal to the "
+        "fill value unwritten)")
     storage_options: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -194,6 +199,34 @@ class RunConfig(_Section):
         """The most components any model of this job has."""
         return max(self.select.n_components) if self.select else self.model.n_components
 
+    def absolute(self) -> RunConfig:
+        """This config with every local path made absolute (URLs are kept as they are).
+
+        Paths are resolved on the client, against the directory the command runs in,
+        before any task is built: workers of a joined cluster start in directories of
+        their own, where a relative path names another place or nothing.
+        """
+        def section(obj, **paths):
+            update = {k: absolute_path(v) for k, v in paths.items() if v is not None}
+            return obj.model_copy(update=update) if update else obj
+
+        update = {"data": section(self.data, path=self.data.path),
+                  "run": section(self.run, store=self.run.store),
+                  "output": section(self.output, path=self.output.path)}
+        if isinstance(self.model.init, FromRun):
+            update["model"] = self.model.model_copy(
+                update={"init": section(self.model.init, from_run=self.model.init.from_run)})
+        if self.cluster is not None:
+            security = self.cluster.security
+            if security is not None:
+                security = section(security, tls_ca_file=security.tls_ca_file,
+                                   tls_client_cert=security.tls_client_cert,
+                                   tls_client_key=security.tls_client_key)
+            update["cluster"] = section(self.cluster, scheduler_file=self.cluster.scheduler_file)
+            if security is not None:
+                update["cluster"] = update["cluster"].model_copy(update={"security": security})
+        return self.model_copy(update=update)
+
     def result_hash(self) -> str:
         """Hash of the sections that decide the fitted parameters (data, model, fit, select).
 
@@ -205,6 +238,16 @@ class RunConfig(_Section):
             payload["select"] = dumped["select"]
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
+
+
+def absolute_path(path: str) -> str:
+    """``path`` made absolute against the current directory (``~`` expanded); a URL with a
+    protocol (``s3://...``, ``memory://...``, ``file:///...``) is returned unchanged."""
+    from fsspec.core import split_protocol
+
+    if split_protocol(path)[0] is not None:
+        return path
+    return os.path.abspath(os.path.expanduser(path))
 
 
 def _error_path(error: dict) -> str:
@@ -292,7 +335,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple = ()) -> RunConfi
         if not isinstance(raw, dict):
             break
         _set_override(raw, assignment)
-    # Relative paths inside stay relative to the current directory, where the user typed
-    # the command.
-    return parse_config(raw, str(path))
+    # Relative paths inside are relative to the current directory, where the user typed
+    # the command; they are made absolute here, before any worker sees them.
+    return parse_config(raw, str(path)).absolute()
 

@@ -7,9 +7,19 @@ catch either daskem's own classes or the standard category, as in zarr-python's
 
 from __future__ import annotations
 
+import contextlib
+import errno
+from collections.abc import Iterator
+
 
 class DaskemError(Exception):
-    """Base class of every daskem error."""
+    """Base class of every daskem error.
+
+    ``remedy``, where set, is what the user can do about it; ``daskem`` prints it after the
+    message instead of the generic advice for the error's exit code.
+    """
+
+    remedy: str | None = None
 
 
 class DataError(DaskemError, ValueError):
@@ -22,6 +32,42 @@ class ParameterError(DaskemError, ValueError):
 
 class FitError(DaskemError, RuntimeError):
     """The fit failed numerically (for example a covariance that is not positive definite)."""
+
+
+class StorageError(DaskemError, RuntimeError):
+    """Writing to a run store or an output store failed: the disk is full, a quota is
+    reached, or the location is not writable. The message names the path."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = code
+
+
+# The errors of a full or unwritable location, and how daskem names them.
+_STORAGE_ERRNOS = {
+    errno.ENOSPC: ("no space left on device", "free space"),
+    errno.EDQUOT: ("disk quota exceeded", "free space or raise the quota"),
+    errno.EACCES: ("permission denied", "make it writable"),
+    errno.EPERM: ("operation not permitted", "make it writable"),
+    errno.EROFS: ("read-only file system", "choose a writable location"),
+}
+
+
+@contextlib.contextmanager
+def storage_errors(what: str, path: str) -> Iterator[None]:
+    """Turn a full disk, a quota or a permission error met while writing ``what`` to
+    ``path`` into a :class:`StorageError` that names the path (``OSError`` from a write
+    often carries none)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in _STORAGE_ERRNOS:
+            raise
+        phrase, remedy = _STORAGE_ERRNOS[exc.errno]
+        where = exc.filename or path
+        error = StorageError(f"{phrase} while writing {what} to {where}", exc.errno)
+        error.remedy = f"{remedy} at {path}"
+        raise error from exc
 
 
 class NotFittedError(DaskemError, ValueError, AttributeError):

@@ -25,8 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from daskem.config import ConfigError
-from daskem.store import RunStore
+from daskem.store import RunStore, no_run_store
 
 FIGURE_DPI = 110
 
@@ -68,7 +67,7 @@ def default_output(store_path: str) -> Path:
 def read_run(store_path: str, sample_rows: int = 4000, seed: int = 0) -> RunSummary:
     store = RunStore(store_path)
     if not store.exists():
-        raise ConfigError(f"no run store at {store_path}")
+        raise no_run_store(store_path)
     kind, arrays, model = store.read_model()
     selection = store.read_selection()
     objectives = []

@@ -26,7 +26,15 @@ from daskem.estimators import GaussianMixture, KMeans
 from daskem.io.outputs import write_outputs
 from daskem.io.source import Source, open_source
 from daskem.kernels.mstep import GaussianParams
-from daskem.store import RunStore, RunStoreError, model_checksum
+from daskem.lease import Lease
+from daskem.stopping import Stopper
+from daskem.store import (
+    RunStore,
+    RunStoreError,
+    describe_changes,
+    model_checksum,
+    no_run_store,
+)
 
 EXIT_OK = 0
 EXIT_CONFIG = 2
@@ -288,17 +296,27 @@ def open_data(config: RunConfig, store: RunStore | None = None,
     return source
 
 
-def open_store(config: RunConfig, source: Source, warm: WarmModel | None = None, *,
-               force: bool = False) -> RunStore:
-    store = RunStore(config.run.store)
-    config_hash = config.result_hash()
-    fingerprint = dict(source.fingerprint)
+def fingerprint(source: Source, warm: WarmModel | None = None) -> dict:
+    """What the run store records of the data (and of the model a warm start begins
+    from), to recognise a change before resuming."""
+    record = dict(source.fingerprint)
     if warm is not None:  # a resumed warm start must begin from the same model
-        fingerprint["init_model"] = warm.checksum
-    if store.exists():
-        store.check_compatible(config_hash, fingerprint, force=force)
+        record["init_model"] = warm.checksum
+    return record
+
+
+def open_store(config: RunConfig, source: Source, warm: WarmModel | None = None, *,
+               force: bool = False, fresh: bool = False, store: RunStore | None = None
+               ) -> RunStore:
+    """The run store, checked against this config and data (``fresh``: made anew, for a
+    complete run fitted again with ``--force``)."""
+    store = store or RunStore(config.run.store)
+    config_hash = config.result_hash()
+    record = fingerprint(source, warm)
+    if store.exists() and not fresh:
+        store.check_compatible(config_hash, record, force=force)
     else:
-        store.create(config.model_dump(mode="json"), config_hash, fingerprint)
+        store.create(config.model_dump(mode="json"), config_hash, record)
         if source.standardize is not None:
             mean, scale = source.standardize
             store.set_status("running", standardize={"mean": mean.tolist(),
@@ -399,24 +417,47 @@ def fit_selection(config: RunConfig, rows, store: RunStore, reporter: Reporter):
 # ------------------------------------------------------------------------ the job
 
 
-def run_job(config: RunConfig, reporter: Reporter, *, force: bool = False) -> int:
-    """Fit (or resume), checkpoint every pass, write the model and the outputs."""
+def run_job(config: RunConfig, reporter: Reporter, *, force: bool = False,
+            stopper: Stopper | None = None) -> int:
+    """Fit (or resume), checkpoint every pass, write the model and the outputs.
+
+    Nothing is written before the job holds the run store's lease; the outputs are checked
+    before the store is marked complete. ``stopper``: signal handlers the caller installed
+    (SIGTERM and SIGINT then wait for a write to the store to finish).
+    """
+    config = config.absolute()
+    stopper = stopper or Stopper()
     store = RunStore(config.run.store)
-    if store.exists():
-        if store.attrs.get("config_hash") == config.result_hash() and \
-                store.attrs.get("status") == "complete":
+    warm = read_warm_model(config)
+    probed = probe_data(config, warm)  # metadata and the chunk listing: no pass
+    fresh = False
+    if store.exists() and store.attrs.get("config_hash") == config.result_hash() and \
+            store.attrs.get("status") == "complete":
+        record = fingerprint(probed, warm)
+        changed = store.fingerprint_changes(record)
+        if not changed:
             reporter.info(f"{config.run.store} is complete for this config; nothing to do "
                           f"(daskem inspect {config.run.store} shows it)")
             return EXIT_OK
-    warm = read_warm_model(config)
-    probe_data(config, warm)
-    with connect(config.cluster, reporter) as client:
-        del client
-        source = open_data(config, store, warm)
+        if not force:
+            raise RunStoreError(
+                f"the data source changed since {config.run.store} was completed "
+                f"({describe_changes(changed, store.attrs.get('fingerprint', {}), record)}); "
+                "rerun with --force to fit it again from the start (its model and outputs "
+                "are replaced), or use a new run.store")
+        fresh = True
+    with Lease(config.run.store) as lease, connect(config.cluster, reporter) as client:
+        if lease.taken_over:
+            old = lease.taken_over
+            reporter.info(f"took over the stale lease of {config.run.store} (host "
+                          f"{old.get('host')}, pid {old.get('pid')})")
+        store.guard = lambda: _owned_write(lease, stopper)
+        check_workers(client, config, lease)
+        source = open_data(config, None if fresh else store, warm)
         reporter.info(f"data: {source.description}")
         for note in source.notes:
             reporter.info(f"data: {note}")
-        store = open_store(config, source, warm, force=force)
+        store = open_store(config, source, warm, force=force, fresh=fresh, store=store)
         resumed = store.read_pointer()
         if resumed is not None:
             reporter.info(f"resuming from checkpoint {resumed.group} "
@@ -445,6 +486,7 @@ def run_job(config: RunConfig, reporter: Reporter, *, force: bool = False) -> in
         which = output_names(config)
         target = config.output.path or config.run.store
         group = "outputs" if config.output.path is None else ""
+        lease.check()
         written = write_outputs(estimator, source, which, target, group)
         store.set_status("complete", outputs={"path": target, "group": group,
                                               "arrays": written})
@@ -458,6 +500,73 @@ def run_job(config: RunConfig, reporter: Reporter, *, force: bool = False) -> in
     return EXIT_OK
 
 
+@contextlib.contextmanager
+def _owned_write(lease: Lease, stopper: Stopper):
+    """Around every write to the run store: the job must still own it, and a stop signal
+    waits until the write is complete."""
+    lease.check()
+    with stopper.critical():
+        yield
+
+
+def resume_note(store_path: str) -> str:
+    """What rerunning a failed or stopped job does, read from its run store as it is."""
+    try:
+        store = RunStore(store_path)
+        pointer = store.read_pointer() if store.exists() else None
+        status = store.attrs.get("status") if pointer is not None else None
+    except Exception:  # noqa: BLE001 - the note must not fail where the job did
+        pointer = status = None
+    if pointer is None:
+        return "rerunning starts the fit from the beginning"
+    if status == "fitted":
+        return "rerunning keeps the fitted model and writes the outputs again"
+    return (f"rerunning resumes from checkpoint {pointer.group.rsplit('/', 1)[-1]} "
+            f"(iteration {pointer.step})")
+
+
+def _seen_by_worker(checks: dict) -> dict:
+    """On a worker: for each named location, ``None`` if it sees it as the client does,
+    else what is wrong. ``checks``: name -> (path, storage options, lease token or None)."""
+    import fsspec
+
+    from daskem.lease import Lease
+
+    seen = {}
+    for name, (path, options, token) in checks.items():
+        try:
+            if token is not None:
+                owner = Lease(path, options).read_owner()
+                seen[name] = (None if owner and owner.get("token") == token else
+                              "does not hold this job's lease there (another filesystem?)")
+            else:
+                fs, root = fsspec.core.url_to_fs(path, **options)
+                seen[name] = None if fs.exists(root) else "does not exist there"
+        except Exception as exc:  # noqa: BLE001 - reported to the client as text
+            seen[name] = f"cannot be read there ({type(exc).__name__}: {exc})"
+    return seen
+
+
+def check_workers(client, config: RunConfig, lease: Lease) -> None:
+    """Check that every worker sees the data source and the run store as this client does
+    (one small task per worker, no data read). Workers of a joined cluster may run on other
+    machines, in other directories or without the client's mounts; writing outputs there
+    would put them out of the client's sight."""
+    checks = {"run.store": (config.run.store, {}, lease.token)}
+    if not config.data.path.endswith(".npy"):  # a .npy source is read by the client
+        checks["data.path"] = (config.data.path, dict(config.data.storage_options), None)
+    seen = client.run(_seen_by_worker, checks)
+    for name, (path, _, _) in checks.items():
+        wrong = {worker: result[name] for worker, result in seen.items() if result[name]}
+        if wrong:
+            worker, what = next(iter(wrong.items()))
+            raise ConfigError(
+                f"{name}: {path} is not the same for the workers: {len(wrong)} of "
+                f"{len(seen)} worker(s) (first {worker}) see it differently: it {what}; "
+                "every worker must see the client's files (a shared filesystem mounted at the "
+                "same path, or an object-store URL)")
+
+
 def predict_job(store_path: str, reporter: Reporter, *, data_config: RunConfig | None = None,
                 out: str | None = None, cluster: ClusterConfig | None = None) -> int:
     """Label and score a data source with a fitted run store's model; write Zarr outputs."""
@@ -465,12 +574,15 @@ def predict_job(store_path: str, reporter: Reporter, *, data_config: RunConfig |
 
     store = RunStore(store_path)
     if not store.exists():
-        raise ConfigError(f"no run store at {store_path}")
+        raise no_run_store(store_path)
     estimator, attrs = load_estimator(store)
     config = data_config or parse_config(store.attrs["config"], f"{store_path} (stored config)")
+    config = config.absolute()
     saved = attrs.get("standardize")
     standardize = (np.asarray(saved["mean"]), np.asarray(saved["scale"])) if saved else None
-    with connect(cluster or config.cluster, reporter):
+    # Predictions written into the run store need it to themselves.
+    owned = Lease(store_path) if out is None else contextlib.nullcontext()
+    with owned, connect(cluster or config.cluster, reporter):
         source = open_source(config.data.model_copy(update={"missing": "error"}),
                              standardize=standardize)
         if source.full.shape[1] != attrs["n_features"]:

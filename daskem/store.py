@@ -23,18 +23,20 @@ The store holds numeric Zarr arrays and JSON attributes only.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
 
 import numpy as np
 
 from daskem.engine.em import EMState
-from daskem.errors import DaskemError, DaskemWarning
+from daskem.errors import DaskemError, DaskemWarning, storage_errors
 from daskem.kernels.mstep import GaussianParams, Reseed
 
 # The pointer is a Zarr group of its own whose metadata document daskem writes atomically;
@@ -48,8 +50,19 @@ class RunStoreError(DaskemError, ValueError):
     """The run store cannot be used for this run (another config, another data source)."""
 
 
+def no_run_store(path: str) -> RunStoreError:
+    """The error for a path that holds no run store (inspect, predict, report)."""
+    error = RunStoreError(f"no run store at {path}")
+    error.remedy = "give the path or URL of a run store that daskem run made"
+    return error
+
+
 class CheckpointWarning(DaskemWarning):
     """A damaged checkpoint was skipped for an older one."""
+
+
+# Fingerprint entries that must not change while a run is resumed.
+FINGERPRINT_KEYS = ("shape", "dtype", "chunk_rows", "features", "chunks", "init_model")
 
 
 def package_versions() -> dict:
@@ -115,6 +128,19 @@ def _plain(row: dict) -> dict:
     return {k: v.item() if isinstance(v, np.generic) else v for k, v in row.items()}
 
 
+def describe_changes(changed: list[str], old: dict, new: dict) -> str:
+    """``shape: [100, 4] -> [120, 4]; chunks: stored chunks differ`` for a message."""
+    parts = []
+    for key in changed:
+        if key == "chunks":
+            parts.append("chunks: the stored chunks differ (added, removed or rewritten)")
+        elif key == "init_model":
+            parts.append("init_model: its parameters differ")
+        else:
+            parts.append(f"{key}: {old.get(key)} -> {new.get(key)}")
+    return "; ".join(parts)
+
+
 @dataclass
 class Pointer:
     group: str
@@ -135,6 +161,14 @@ class RunStore:
         self._zarr = zarr
         self._last_save = time.monotonic()
         self._seconds: list[float] | None = None  # pass timings, kept here once known
+        # Entered around every write: the job sets it to check that it still owns the store
+        # and to hold a stop signal until the write is complete.
+        self.guard: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+
+    @contextlib.contextmanager
+    def _writing(self, what: str) -> Iterator[None]:
+        with self.guard(), storage_errors(what, self.path):
+            yield
 
     # ---------------------------------------------------------------- the group
 
@@ -151,9 +185,15 @@ class RunStore:
         return dict(self._group("r").attrs)
 
     def create(self, config_json: dict, config_hash: str, fingerprint: dict) -> None:
-        group = self._zarr.open_group(self.path, mode="w",
-                                      storage_options=self.storage_options or None)
-        group.attrs.update({
+        """Make the store's root group; anything already in it except the lease (taken
+        before the store is made) is removed."""
+        with self._writing("the run store"):
+            group = self._zarr.open_group(self.path, mode="a",
+                                          storage_options=self.storage_options or None)
+            for name in list(group):
+                if name != "lease":
+                    del group[name]
+            group.attrs.put({
             "daskem_run_store": FORMAT_VERSION,
             "status": "running",
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -162,6 +202,24 @@ class RunStore:
             "fingerprint": fingerprint,
             "versions": package_versions(),
         })
+
+    def reset(self) -> None:
+        """Remove checkpoints, model, history, selection and outputs (a fit from scratch);
+        the root attributes and the lease stay."""
+        with self._writing("the run store"):
+            group = self._group()
+            for name in list(group):
+                if name != "lease":
+                    del group[name]
+        self._seconds = None
+
+    def fingerprint_changes(self, fingerprint: dict) -> list[str]:
+        """The fingerprint entries in which ``fingerprint`` differs from the stored one."""
+        old = self.attrs.get("fingerprint", {})
+        # A chunk digest is compared where both sides have one (sources that cannot be
+        # listed have none, and neither do run stores made before it was recorded).
+        return [k for k in FINGERPRINT_KEYS if old.get(k) != fingerprint.get(k)
+                and not (k == "chunks" and (old.get(k) is None or fingerprint.get(k) is None))]
 
     def check_compatible(self, config_hash: str, fingerprint: dict, *, force: bool = False) -> None:
         """Refuse a store made by another config, or over data that changed shape."""
@@ -174,18 +232,24 @@ class RunStore:
                 f"{self.path} was made by a different config (its data, model or fit "
                 "section differs); use another run.store, or delete the store to start over")
         old = attrs.get("fingerprint", {})
-        changed = [k for k in ("shape", "dtype", "chunk_rows", "features", "init_model")
-                   if old.get(k) != fingerprint.get(k)]
+        changed = self.fingerprint_changes(fingerprint)
+        if changed and self.read_pointer() is None:
+            # Nothing to resume from (a run that failed before its first checkpoint, for
+            # example on a damaged chunk since repaired): the fit starts over on the data
+            # as they are now.
+            self.set_status("running", fingerprint=fingerprint)
+            return
         if changed and not force:
             what = ("the model it starts from (model.init.from_run)" if changed == ["init_model"]
                     else "the data source")
             raise RunStoreError(
-                f"{what} changed since {self.path} was started ({', '.join(changed)}: "
-                f"{[old.get(k) for k in changed]} -> {[fingerprint.get(k) for k in changed]}); "
-                "rerun with --force to resume anyway, or start a new run store")
+                f"{what} changed since {self.path} was started "
+                f"({describe_changes(changed, old, fingerprint)}); rerun with --force to "
+                "resume anyway, or start a new run store")
 
     def set_status(self, status: str, **extra) -> None:
-        self._group().attrs.update({"status": status, **extra})
+        with self._writing("the run store's status"):
+            self._group().attrs.update({"status": status, **extra})
 
     # ---------------------------------------------------------------- pointer
 
@@ -200,11 +264,15 @@ class RunStore:
         if "file" in self._fs.protocol or self._fs.protocol == "local":
             os.makedirs(os.path.dirname(target), exist_ok=True)
             tmp = f"{target}.tmp-{os.getpid()}"
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)  # atomic on POSIX: readers see old or new, never half
+            try:
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, target)  # atomic on POSIX: readers see old or new, never half
+            finally:
+                if os.path.exists(tmp):  # a failed write (disk full) leaves no stray file
+                    os.remove(tmp)
         else:
             self._fs.pipe_file(target, data)  # one object write: atomic on object stores
 
@@ -223,6 +291,11 @@ class RunStore:
 
     def save(self, states: list[EMState]) -> None:
         """Write the states as a new checkpoint group, then point to it."""
+        step = max(s.n_iter for s in states)
+        with self._writing(f"checkpoint iter_{step:06d}"):
+            self._save(states)
+
+    def _save(self, states: list[EMState]) -> None:
         step = max(s.n_iter for s in states)
         name = f"iter_{step:06d}"
         root = self._group()
@@ -278,11 +351,14 @@ class RunStore:
         return states
 
     def checkpoint_names(self) -> list[str]:
+        # Listed as folders, not as zarr groups: a job killed while making a group leaves
+        # a folder without its zarr.json (or with a partial file), which zarr warns about.
         try:
-            group = self._group("r")["checkpoints"]
-        except KeyError:
+            entries = self._fs.ls(f"{self._root}/checkpoints", detail=False)
+        except FileNotFoundError:
             return []
-        return sorted(name for name, _ in group.groups() if name.startswith("iter_"))
+        names = (str(e).rstrip("/").rsplit("/", 1)[-1] for e in entries)
+        return sorted(name for name in names if name.startswith("iter_"))
 
     def load(self) -> list[EMState] | None:
         """The newest complete, undamaged checkpoint's states (``None`` if there is none)."""
@@ -318,6 +394,11 @@ class RunStore:
 
     def write_model(self, kind: str, arrays: dict[str, np.ndarray], attrs: dict,
                     history: dict[str, np.ndarray]) -> None:
+        with self._writing("the model"):
+            self._write_model(kind, arrays, attrs, history)
+
+    def _write_model(self, kind: str, arrays: dict[str, np.ndarray], attrs: dict,
+                     history: dict[str, np.ndarray]) -> None:
         root = self._group()
         for name in ("model", "history"):
             if name in root:
@@ -342,6 +423,10 @@ class RunStore:
 
     def write_selection(self, selection) -> None:
         """Every candidate of a model selection: its parameters, numbers and history."""
+        with self._writing("the selection"):
+            self._write_selection(selection)
+
+    def _write_selection(self, selection) -> None:
         root = self._group()
         if "selection" in root:
             del root["selection"]

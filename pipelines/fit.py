@@ -11,9 +11,11 @@ import numpy as np
 
 from daskem.config import load_config
 from daskem.io.outputs import write_outputs
+from daskem.lease import Lease
 from daskem.runner import (
     Reporter,
     build_estimator,
+    check_workers,
     connect,
     fit_selection,
     model_record,
@@ -31,7 +33,9 @@ def fit(config_path: str, overrides: list[str]) -> dict:
     reporter = Reporter()
     warm = read_warm_model(config)  # None unless model.init.from_run
     probe_data(config, warm)  # fail on bad data or an unusable warm start before any work
-    with connect(config.cluster, reporter):
+    # One job per run store (the lease), and workers that see what this client sees.
+    with Lease(config.run.store) as lease, connect(config.cluster, reporter) as client:
+        check_workers(client, config, lease)
         source = open_data(config, warm=warm)
         store = open_store(config, source, warm)
         rows = source.rows if source.rows is not None else source.X

@@ -13,6 +13,7 @@ import dask
 import dask.array as da
 import numpy as np
 
+from daskem.errors import StorageError, storage_errors
 from daskem.io.source import Source
 
 LABEL_FILL = -1
@@ -49,16 +50,68 @@ def per_row(model, full: da.Array, what: str) -> da.Array:
 
 def write_outputs(model, source: Source, which: list[str], target: str, group: str,
                   storage_options: dict | None = None) -> list[str]:
-    """Compute and write the ``which`` outputs in one pass; returns the names written."""
+    """Compute and write the ``which`` outputs in one pass, then check that every chunk of
+    every output is in ``target`` (see :func:`verify_outputs`); returns the names written.
+
+    Every chunk is written, even one equal to the fill value (zarr leaves those out by
+    default), so that a missing chunk always means a lost write.
+    """
     arrays = {what: per_row(model, source.full, what) for what in which}
     if not arrays:
         return []
+    with storage_errors("the outputs", _joined(target, group)):
+        _write(arrays, source, target, group, storage_options)
+    verify_outputs(target, group, list(arrays), storage_options)
+    return list(arrays)
+
+
+def _joined(target: str, group: str) -> str:
+    return f"{target.rstrip('/')}/{group}" if group else target
+
+
+def verify_outputs(target: str, group: str, names: list[str],
+                   storage_options: dict | None = None) -> None:
+    """Check, from the client, that each output array in ``target`` has all its chunks.
+
+    Workers write the chunks; one that writes where this client does not look (another
+    filesystem, a relative path resolved in another directory) leaves the client's copy
+    with metadata only. One listing per array; raises :class:`StorageError` naming the
+    array and how many chunks are missing.
+    """
+    import zarr
+
+    where = _joined(target, group)
+    try:
+        node = zarr.open_group(target, path=group or None, mode="r",
+                               storage_options=storage_options or None)
+    except Exception as exc:  # noqa: BLE001 - any failure to open means no outputs
+        raise StorageError(f"outputs: cannot open {where} after writing them: {exc}") from None
+    for name in names:
+        try:
+            arr = node[name]
+        except KeyError:
+            raise StorageError(f"outputs: {name} is missing from {where} after writing "
+                               "it") from None
+        written, expected = arr.nchunks_initialized, arr.nchunks
+        if written != expected:
+            error = StorageError(
+                f"outputs: {name} in {where} holds {written} of its {expected} chunks after "
+                "writing: the workers wrote the others elsewhere (do they see the same "
+                "filesystem as this client?) or the writes were lost")
+            error.remedy = ("give output.path (or run.store) a location every worker and "
+                            "this client share, and rerun: the fitted model is kept")
+            raise error
+
+
+def _write(arrays: dict, source: Source, target: str, group: str,
+           storage_options: dict | None) -> None:
     if source.layout is None:
         writes = [da.to_zarr(arr, target, component=f"{group}/{name}", overwrite=True,
-                             compute=False, storage_options=storage_options or None)
+                             compute=False, storage_options=storage_options or None,
+                             config={"write_empty_chunks": True})
                   for name, arr in arrays.items()]
         dask.compute(*writes)
-        return list(arrays)
+        return
     import xarray as xr
 
     layout = source.layout
@@ -75,5 +128,4 @@ def write_outputs(model, source: Source, which: list[str], target: str, group: s
     # Labels stay integers on disk; readers that decode CF fill values see NaN there.
     encoding = {"labels": {"_FillValue": LABEL_FILL}} if "labels" in ds else {}
     ds.to_zarr(target, group=group, mode="w", consolidated=False, encoding=encoding,
-               storage_options=storage_options or None)
-    return list(arrays)
+               storage_options=storage_options or None, write_empty_chunks=True)
