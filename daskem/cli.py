@@ -138,7 +138,7 @@ def _job(config: Path, set_: list[str], quiet: bool, log_json: Path | None, forc
             stream = sys.stdout if str(log_json) == "-" else open(log_json, "a")  # noqa: SIM115
         try:
             reporter = runner.Reporter(quiet=quiet or str(log_json) == "-",
-                                       json_stream=stream)
+                                       json_stream=stream, debug=debug)
             with stopper.installed():
                 return runner.run_job(cfg, reporter, force=force, stopper=stopper)
         finally:

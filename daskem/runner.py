@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sys
 import time
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 import numpy as np
+from distributed.diagnostics.plugin import WorkerPlugin
 
 from daskem.config import ClusterConfig, ConfigError, FromRun, RunConfig
 from daskem.engine.em import EMState
@@ -54,6 +56,7 @@ class Reporter:
 
     quiet: bool = False
     json_stream: TextIO | None = None
+    debug: bool = False  # keep distributed's own logs (workers' task errors among them)
     stream: TextIO = field(default_factory=lambda: sys.stdout)
     started: float = field(default_factory=time.monotonic)
     _previous: float | None = None
@@ -214,6 +217,24 @@ def _watch_scheduler(client):
         raise
 
 
+def _not_a_task_error(record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    # A failed task, and the tasks cancelled when the job then stops.
+    return not (message.startswith("Compute Failed") or "ended with CancelledError" in message)
+
+
+class QuietTaskErrors(WorkerPlugin):
+    """Keeps the embedded cluster's workers from logging a failed task with its traceback
+    ("Compute Failed ...") and the tasks cancelled after it: the error reaches the client, and ``daskem`` reports it in one
+    line. A worker plugin, so that a worker restarted by its nanny gets it too."""
+
+    name = "daskem-quiet-task-errors"
+
+    def setup(self, worker) -> None:
+        for name in ("distributed.worker", "distributed.worker.state_machine"):
+            logging.getLogger(name).addFilter(_not_a_task_error)
+
+
 @contextlib.contextmanager
 def connect(cluster: ClusterConfig | None, reporter: Reporter):
     """A ``distributed.Client``: to the configured cluster, or to an embedded one."""
@@ -254,6 +275,8 @@ def connect(cluster: ClusterConfig | None, reporter: Reporter):
                       dashboard_address=cluster.dashboard_address,
                       memory_limit=cluster.memory_limit or "auto", env=env) as local, \
             Client(local) as client, _watch_scheduler(client):
+        if not reporter.debug:
+            client.register_plugin(QuietTaskErrors())
         reporter.info(f"started a local Dask cluster: {n_workers} worker process(es) x "
                       f"{cluster.threads_per_worker} thread(s); dashboard: "
                       f"{client.dashboard_link if cluster.dashboard_address else 'off'}",

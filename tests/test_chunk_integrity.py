@@ -97,7 +97,7 @@ def test_missing_chunk_is_found_when_the_source_is_opened(store):
     assert isinstance(info.value, MissingChunkError)
     assert message.startswith("data.path: chunk (3, 0) of array X in ")
     assert rows_named(message, 3) and "rows 15,000-19,999" in message
-    assert "is missing" in message and "data.missing_chunks: fill" in message
+    assert "is missing" in message and "data.missing_chunks: fill" in info.value.remedy
     assert info.value.key == "X/c/3/0"
 
 

@@ -38,12 +38,14 @@ from daskem.errors import DataError
 # Documents zarr looks for and may legitimately not find; every other key is a chunk.
 METADATA_NAMES = frozenset({"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"})
 
-FILL_REMEDY = ("restore it; or set data.missing_chunks: fill if chunks equal to the fill value "
-               "were left unwritten on purpose")
+FILL_REMEDY = ("restore it and rerun; or set data.missing_chunks: fill if chunks equal to the "
+               "fill value were left unwritten on purpose")
 
 
 class ChunkError(DataError):
     """A stored chunk of the input is missing or cannot be read."""
+
+    remedy = "replace the damaged chunk from a good copy of the store and rerun"
 
     def __init__(self, message: str, key: str | None = None) -> None:
         super().__init__(message)
@@ -55,6 +57,8 @@ class ChunkError(DataError):
 
 class MissingChunkError(ChunkError):
     """A chunk of the array's grid is not in the store."""
+
+    remedy = FILL_REMEDY
 
 
 def is_metadata_key(key: str) -> bool:
@@ -186,7 +190,7 @@ def missing_message(grid: ChunkGrid, coords: Sequence[int], n_missing: int = 1) 
     if n_missing > 1:
         unit = "shards" if grid.sharded else "chunks"
         more = f" ({n_missing:,} of its {grid.n_chunks:,} {unit} are missing)"
-    return f"data.path: {grid.where(coords)} is missing{more} ({FILL_REMEDY})"
+    return f"data.path: {grid.where(coords)} is missing{more}"
 
 
 def chunk_error(grid: ChunkGrid, coords: Sequence[int], exc: BaseException) -> ChunkError:
