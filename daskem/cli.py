@@ -20,7 +20,7 @@ from daskem.config import ConfigError, load_config
 from daskem.errors import DataError, FitError, ParameterError, StorageError
 from daskem.lease import LeaseHeld, LeaseLost
 from daskem.stopping import JobStopped, Stopper
-from daskem.store import RunStore, RunStoreError, no_run_store
+from daskem.store import RunStore, RunStoreError, format_passes, no_run_store
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Fit k-means and Gaussian mixtures on Dask clusters, from Zarr and "
@@ -218,6 +218,7 @@ def inspect(
             "config_hash": attrs.get("config_hash"),
             "checkpoints": len(store.checkpoint_names()),
             "latest_checkpoint": pointer.group if pointer else None,
+            "passes": attrs.get("passes"),
             "versions": attrs.get("versions"),
             "config": attrs.get("config"),
         }
@@ -242,6 +243,9 @@ def inspect(
             return runner.EXIT_OK
         print(f"run store {run_store}: {info['status']} (created {info['created']})")
         print(f"checkpoints: {info['checkpoints']}, latest {info['latest_checkpoint']}")
+        if info["passes"]:
+            passes = dict(info["passes"])
+            print(f"passes: {format_passes(passes, bool(passes.pop('resumed', False)))}")
         model = info["model"]
         if model:
             print(f"model: {model['kind']}, {model['n_iter']} iterations, converged "

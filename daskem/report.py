@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from daskem.store import RunStore, no_run_store
+from daskem.store import RunStore, format_passes, no_run_store
 
 FIGURE_DPI = 110
 
@@ -343,6 +343,7 @@ def render_html(run: RunSummary, figures: list[Figure]) -> str:
         ("iterations", f"{model.get('n_iter')} (converged: {model.get('converged')})"),
         ("final " + ("lower bound" if run.kind == "gmm" else "inertia"), f"{objective:.10g}"),
         ("fit time", _fit_time(run.seconds)),
+        ("reads of the data", _reads(attrs.get("passes"))),
         ("data", (attrs.get("config") or {}).get("data", {}).get("path")),
         ("rows x features", " x ".join(str(v) for v in
                                        attrs.get("fingerprint", {}).get("shape", []))),
@@ -372,6 +373,14 @@ def render_html(run: RunSummary, figures: list[Figure]) -> str:
                      f"<figcaption>{html.escape(fig.caption)}</figcaption></figure>")
     parts.append("</body></html>\n")
     return "\n".join(parts)
+
+
+def _reads(passes: dict | None) -> str:
+    if not passes:
+        return "not recorded"
+    passes = dict(passes)
+    return format_passes(passes, bool(passes.pop("resumed", False))).removeprefix(
+        "read the data ")
 
 
 def _fit_time(seconds: list[float]) -> str:

@@ -34,6 +34,7 @@ from daskem.store import (
     RunStore,
     RunStoreError,
     describe_changes,
+    format_passes,
     model_checksum,
     no_run_store,
 )
@@ -72,9 +73,11 @@ class Reporter:
             self.json_stream.write(json.dumps(record, default=float) + "\n")
             self.json_stream.flush()
 
-    def iteration(self, n_pass: int, states: list[EMState], kind: str, max_iter: int) -> None:
-        """One line per pass: the iteration reached, the best restart's objective, and the
-        largest change among the restarts that ran in this pass."""
+    def iteration(self, n_pass: int, states: list[EMState], kind: str, max_iter: int,
+                  passes: dict | None = None) -> None:
+        """One line per pass: the iteration reached, the best restart's objective, the
+        largest change among the restarts that ran in this pass, and the full reads of the
+        data so far (``passes``: by phase)."""
         iteration = max(s.n_iter for s in states)
         moved = [abs(s.objectives[-1] - s.objectives[-2]) for s in states
                  if s.n_iter == iteration and len(s.objectives) > 1]
@@ -86,11 +89,15 @@ class Reporter:
         else:
             objective = states[_best_index(states, kind)].objectives[-1]
             shown = f"best {'lower bound' if kind == 'gmm' else 'inertia'} {objective:.10g}  "
+        reads = int(sum(passes.values())) if passes else None
         if not self.quiet:
+            shown_reads = f"  reads {reads:3d}" if reads is not None else ""
             print(f"iter {iteration:4d}/{max_iter}  {shown}change {change:.3e}  running "
-                  f"{running}/{len(states)}  {elapsed:7.1f} s", file=self.stream, flush=True)
+                  f"{running}/{len(states)}{shown_reads}  {elapsed:7.1f} s", file=self.stream,
+                  flush=True)
         self.event("iteration", iteration=iteration, objective=objective, change=change,
-                   running=running, elapsed=round(elapsed, 3))
+                   running=running, passes=reads, passes_by_phase=dict(passes or {}),
+                   elapsed=round(elapsed, 3))
 
 
 def _best_index(states: list[EMState], kind: str) -> int:
@@ -225,8 +232,9 @@ def _not_a_task_error(record: logging.LogRecord) -> bool:
 
 class QuietTaskErrors(WorkerPlugin):
     """Keeps the embedded cluster's workers from logging a failed task with its traceback
-    ("Compute Failed ...") and the tasks cancelled after it: the error reaches the client, and ``daskem`` reports it in one
-    line. A worker plugin, so that a worker restarted by its nanny gets it too."""
+    ("Compute Failed ...") and the tasks cancelled after it: the error reaches the client,
+    and ``daskem`` reports it in one line. A worker plugin, so that a worker restarted by
+    its nanny gets it too."""
 
     name = "daskem-quiet-task-errors"
 
@@ -422,13 +430,15 @@ def fit_selection(config: RunConfig, rows, store: RunStore, reporter: Reporter):
                   f"each) by {sel.criterion.upper()}")
     reporter.started = time.monotonic()
     settings = _common_settings(config)
+    passes: dict = {}
     selection = select_mixture(
         rows, sel.n_components, sel.covariance_types, criterion=sel.criterion,
         tol=1e-3 if m.tol is None else m.tol, reg_covar=m.reg_covar,
         init_params=m.init or "kmeans", assignment=m.assignment,
         fixed_variance=m.fixed_variance, checkpoint=store,
-        callback=lambda n, states: reporter.iteration(n, states, "select", m.max_iter),
-        **settings)
+        callback=lambda n, states: reporter.iteration(n, states, "select", m.max_iter,
+                                                      passes=passes),
+        passes=passes, **settings)
     for line in selection.format().splitlines():
         reporter.info(line)
     best = selection.best
@@ -499,8 +509,10 @@ def run_job(config: RunConfig, reporter: Reporter, *, force: bool = False,
             reporter.info(f"fitting {estimator!r}")
             reporter.started = time.monotonic()
             estimator.fit(rows, checkpoint=store, callback=lambda n, states: reporter.iteration(
-                n, states, kind, config.model.max_iter))
+                n, states, kind, config.model.max_iter, passes=estimator.passes_))
         kind, arrays, attrs, history = model_record(estimator, source)
+        passes = {**source.passes,
+                  **(selection.passes_ if selection is not None else estimator.passes_)}
         history["seconds"] = np.asarray(store.pass_seconds())
         store.write_model(kind, arrays, attrs, history)
         if selection is not None:
@@ -511,15 +523,20 @@ def run_job(config: RunConfig, reporter: Reporter, *, force: bool = False,
         group = "outputs" if config.output.path is None else ""
         lease.check()
         written = write_outputs(estimator, source, which, target, group)
+        if written:
+            passes["outputs"] = 1
         store.set_status("complete", outputs={"path": target, "group": group,
-                                              "arrays": written})
+                                              "arrays": written},
+                         passes={**passes, "resumed": resumed is not None})
     objective = attrs.get("lower_bound", attrs.get("inertia"))
     reporter.info(
         f"done: {kind}, {attrs['n_iter']} iterations, converged {attrs['converged']}, "
-        f"{'lower bound' if kind == 'gmm' else 'inertia'} {objective:.10g}; model and "
+        f"{'lower bound' if kind == 'gmm' else 'inertia'} {objective:.10g}; "
+        f"{format_passes(passes, resumed is not None)}; model and "
         f"history in {config.run.store}; outputs {', '.join(written) or 'none'} in "
         f"{target}{'/' + group if group else ''}",
-        n_iter=attrs["n_iter"], converged=attrs["converged"], objective=objective)
+        n_iter=attrs["n_iter"], converged=attrs["converged"], objective=objective,
+        passes=int(sum(passes.values())), passes_by_phase=passes)
     return EXIT_OK
 
 

@@ -128,6 +128,14 @@ def _plain(row: dict) -> dict:
     return {k: v.item() if isinstance(v, np.generic) else v for k, v in row.items()}
 
 
+def format_passes(passes: dict, resumed: bool = False) -> str:
+    """``read the data 9 times (summary 1, em 7, outputs 1)``."""
+    counts = {k: v for k, v in passes.items() if isinstance(v, int) and not isinstance(v, bool)}
+    detail = ", ".join(f"{k} {v}" for k, v in counts.items() if v)
+    return (f"read the data {sum(counts.values())} times{' since resuming' if resumed else ''}"
+            f" ({detail or 'none'})")
+
+
 def describe_changes(changed: list[str], old: dict, new: dict) -> str:
     """``shape: [100, 4] -> [120, 4]; chunks: stored chunks differ`` for a message."""
     parts = []

@@ -73,6 +73,11 @@ def test_run_zarr_store_end_to_end(tmp_path, small_store):
     assert info["status"] == "complete"
     assert info["model"]["n_iter"] == ref.n_iter_
     assert len(info["history"]["objective"]) == ref.n_iter_
+    # the passes over the store: the estimator's count, and one more for the outputs
+    expected = {**ref.passes_, "outputs": 1, "resumed": False}
+    assert info["passes"] == expected
+    total = sum(v for k, v in expected.items() if k != "resumed")
+    assert f"read the data {total} times (summary 1," in result.stdout
 
 
 @pytest.fixture(scope="module")

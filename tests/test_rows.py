@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import warnings
 
 import dask
 import dask.array as da
@@ -129,3 +130,26 @@ def test_errors_name_the_storage_chunk(tmp_path):
     group.create_array("X", data=X, chunks=(100, 2))
     with pytest.raises(DataError, match=r"row 612 \(chunk 6\)"):
         KMeans(2).fit(ZarrRows(str(tmp_path / "nan.zarr"), "X"))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: GaussianMixture(3, covariance_type="full", n_init=2, max_iter=6, tol=0,
+                            random_state=0, chunk_rows=500),
+    lambda: KMeans(3, init="k-means||", n_init=2, max_iter=6, tol=0, random_state=0,
+                   chunk_rows=500),
+    lambda: KMeans(3, init="k-means++", n_init=1, max_iter=4, tol=0, random_state=0,
+                   chunk_rows=500),
+], ids=["gmm-kmeans-init", "kmeans-parallel", "kmeans-plusplus"])
+def test_passes_by_phase_equal_the_reads_at_the_source(sync_scheduler, make):
+    """n_passes_ and passes_ are what the source saw: every block read once per pass."""
+    X = np.random.default_rng(3).normal(size=(3000, 3)) + np.repeat(np.eye(3) * 6, 1000, 0)
+    rows = CountingRows(X, 250)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est = make().fit(rows)
+    blocks = [(a, min(a + 500, 3000)) for a in range(0, 3000, 500)]
+    assert len(rows.reads) % len(blocks) == 0
+    assert sorted(rows.reads) == sorted(blocks * (len(rows.reads) // len(blocks)))
+    assert est.n_passes_ == len(rows.reads) // len(blocks) == sum(est.passes_.values())
+    assert est.passes_["summary"] == 1
+    assert est.passes_["em"] == (6 if isinstance(est, GaussianMixture) else est.n_iter_)

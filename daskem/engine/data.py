@@ -13,7 +13,7 @@ Policy on input types (the estimators' docs repeat it):
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import dask.array as da
@@ -58,6 +58,11 @@ def reader_blocks(reader: RowReader, task_rows: int | None = None) -> list[tuple
     return [(start, min(start + task_rows, n)) for start in range(0, n, task_rows)]
 
 
+# The phases a pass is counted under, by the engine's task-name prefix.
+PASS_PHASES = {"summary": "summary", "seed": "seeding", "init": "initialisation",
+               "estep": "em", "final": "score", "select": "score", "score": "score"}
+
+
 @dataclass
 class ChunkedData:
     """A 2-D dask array cut into row-chunks, with optional sample weights aligned to it."""
@@ -67,6 +72,8 @@ class ChunkedData:
     from_memory: bool
     reader: RowReader | None = None
     task_rows: int | None = None
+    # Full reads of the data so far, by phase (see PASS_PHASES): the budget of a fit.
+    passes: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.reader is not None:
@@ -103,6 +110,8 @@ class ChunkedData:
     def map_reduce(self, kernel, payload, *, phase: str, label: str = "",
                    split_every: int = DEFAULT_SPLIT_EVERY):
         """One pass: ``kernel`` on every chunk, results added up (one ``compute``)."""
+        name = PASS_PHASES.get(phase, phase)
+        self.passes[name] = self.passes.get(name, 0) + 1
         return map_reduce(self.chunks, self.weight_chunks, self.offsets, kernel, payload,
                           phase=phase, label=label, split_every=split_every)
 

@@ -47,6 +47,12 @@ class ParamsMixin:
                 changed.append(f"{name}={value!r}")
         return f"{type(self).__name__}({', '.join(changed)})"
 
+    def _set_passes(self, passes: dict) -> None:
+        """``passes_``: the full reads of the data the fit made, by phase (summary,
+        seeding, initialisation, em, score); ``n_passes_``: their total."""
+        self.passes_ = dict(passes)
+        self.n_passes_ = int(sum(passes.values()))
+
     def _check_fitted(self, attribute: str) -> None:
         if not hasattr(self, attribute):
             raise NotFittedError(

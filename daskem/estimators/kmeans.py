@@ -124,6 +124,7 @@ class KMeans(ParamsMixin):
                                   sample_size=self.sample_size, rng=rng,
                                   split_every=self.split_every)
         family = KMeansFamily(self.tol * float(np.mean(summary.variance)))
+        self.passes_ = data.passes  # counted live during the fit (progress reads it)
         n_models = 1 if not isinstance(self.init, str) else n_init
 
         def initial():
@@ -141,11 +142,12 @@ class KMeans(ParamsMixin):
                             callback=callback or (self._report if self.verbose else None))
         # The inertia of the final centers: one more E-step pass, for every restart.
         kparams = [family.kernel_params(s.params, data.dtype, far=False) for s in states]
-        final = evaluate(data, [family.kernel] * len(states), kparams, label="final",
-                         split_every=self.split_every)
+        final = evaluate(data, [family.kernel] * len(states), kparams, phase="final",
+                         label="final", split_every=self.split_every)
         best = int(np.argmin([st.objective for st in final]))
         state = states[best]
         self._set_state(state, float(final[best].objective), data.n_features)
+        self._set_passes(data.passes)
         self.labels_ = self.predict(X)
         if state.events:
             warnings.warn(f"{len(state.events)} empty cluster(s) were moved onto the farthest "

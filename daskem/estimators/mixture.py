@@ -173,6 +173,7 @@ class GaussianMixture(ParamsMixin):
                                   sample_size=self.sample_size, rng=rng,
                                   split_every=self.split_every)
         user = self._user_init(data.n_features)
+        self.passes_ = data.passes  # counted live during the fit (progress reads it)
 
         def initial():
             seeds = spawn_seeds(rng, self.n_init)
@@ -188,6 +189,7 @@ class GaussianMixture(ParamsMixin):
         # scikit-learn keeps the first restart with the highest final lower bound.
         best = int(np.argmax([s.objectives[-1] for s in states]))
         self._set_state(states[best], data.n_features)
+        self._set_passes(data.passes)
         if not self.converged_:
             warnings.warn("Best performing initialization did not converge. Try different "
                           "init parameters, or increase max_iter, tol, or check for "

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -67,6 +67,11 @@ class Selection:
     candidates: list[Candidate]
     criterion: str
     best_index: int
+    passes_: dict = field(default_factory=dict)  # full reads of the data, by phase
+
+    @property
+    def n_passes_(self) -> int:
+        return int(sum(self.passes_.values()))
 
     @property
     def best(self) -> Candidate:
@@ -139,6 +144,7 @@ def select_mixture(
     chunk_rows: int | None = None,
     checkpoint=None,
     callback: Callable[[int, list[EMState]], None] | None = None,
+    passes: dict | None = None,
 ) -> Selection:
     """Fit every (size, covariance type) of a grid in shared passes and pick by BIC or AIC.
 
@@ -146,7 +152,9 @@ def select_mixture(
     >>> sel.best_estimator_.predict(X)                             # doctest: +SKIP
 
     ``checkpoint`` and ``callback`` are those of :meth:`GaussianMixture.fit` (the states
-    are every candidate's restarts, in :func:`grid` order, restarts innermost).
+    are every candidate's restarts, in :func:`grid` order, restarts innermost); ``passes``,
+    a dict that counts the full reads of the data by phase while the selection runs (for
+    progress displays; the result's ``passes_`` holds them too).
     """
     check_choice("criterion", criterion, CRITERIA)
     cells = grid(n_components, covariance_types)
@@ -166,6 +174,8 @@ def select_mixture(
     data, summary = start_fit(X, sample_weight, n_components=largest, what="n_components",
                               chunk_rows=chunk_rows, sample_size=sample_size, rng=rng,
                               split_every=split_every)
+    if passes is not None:  # the caller's dict counts the passes as they are made
+        data.passes = passes
 
     def initial():
         seeds = spawn_seeds(rng, n_init)
@@ -195,7 +205,9 @@ def select_mixture(
                                     bic=-2.0 * ll.total + p * np.log(n),
                                     aic=-2.0 * ll.total + 2.0 * p))
     scores = [getattr(c, criterion) for c in candidates]
-    selection = Selection(candidates, criterion, int(np.argmin(scores)))
+    selection = Selection(candidates, criterion, int(np.argmin(scores)), dict(data.passes))
+    for c in candidates:
+        c.estimator._set_passes(data.passes)  # the passes they shared
     _warn(selection)
     return selection
 

@@ -125,6 +125,7 @@ class Source:
     standardize: tuple[np.ndarray, np.ndarray] | None = None  # (mean, scale)
     description: str = ""
     notes: list[str] = field(default_factory=list)
+    passes: dict = field(default_factory=dict)  # full reads made opening it, by policy
 
     @property
     def n_rows(self) -> int:
@@ -376,15 +377,18 @@ def open_source(cfg: DataConfig, *, standardize: tuple[np.ndarray, np.ndarray] |
     X = full
     n_dropped = 0
     notes = list(opened.notes)
+    passes: dict = {}
     if cfg.missing == "drop":
         keep = da.isfinite(full).all(axis=1)
         X = full[keep]
         X.compute_chunk_sizes()  # one pass: the number of kept rows in each chunk
+        passes["missing"] = 1
         n_dropped = int(full.shape[0] - X.shape[0])
         notes.append(f"dropped {n_dropped:,} of {full.shape[0]:,} rows with missing values")
         if X.shape[0] == 0:
             raise DataError(f"data.missing: every row of {cfg.path} has a missing value")
     if standardize is None and cfg.standardize:
+        passes["standardize"] = 1
         mean, std = dask.compute(X.mean(axis=0, dtype=np.float64),
                                  X.std(axis=0, dtype=np.float64))
         scale = np.where(std > 0, std, 1.0)
@@ -396,6 +400,7 @@ def open_source(cfg: DataConfig, *, standardize: tuple[np.ndarray, np.ndarray] |
         X = ((X - mean) / scale).astype(X.dtype)
     if persist:
         X = X.persist()
+        passes["persist"] = 1
     description = (f"{cfg.path} ({fmt}): {full.shape[0]:,} rows x {full.shape[1]} features, "
                    f"{full.dtype}, {X.numblocks[0]} chunks")
     rows = None
@@ -405,4 +410,4 @@ def open_source(cfg: DataConfig, *, standardize: tuple[np.ndarray, np.ndarray] |
     return Source(full=full, X=X, rows=rows, features=names, n_dropped=n_dropped,
                   layout=layout,
                   fingerprint=fingerprint, standardize=standardize, description=description,
-                  notes=notes)
+                  notes=notes, passes=passes)
