@@ -71,7 +71,7 @@ class ModelConfig(_Section):
     assignment: Literal["soft", "hard"] = "soft"
     fixed_variance: float = Field(1.0, gt=0)
     init: Literal["kmeans", "k-means||", "k-means++", "random", "random_from_data"] | FromRun \
-        | None = Field(None, description="gmm default 'kmeans', kmeans default 'k-means||'; "
+        | None = Field(None, description="gmm default 'kmeans', kmeans default 'k-means++'; "
                        "or {from_run: PATH} to start from an earlier run's model")
     n_init: int = Field(1, ge=1)
     max_iter: int = Field(100, ge=1)
@@ -82,7 +82,7 @@ class ModelConfig(_Section):
 
     @model_validator(mode="after")
     def _init_fits_kind(self) -> ModelConfig:
-        gmm_inits = {"kmeans", "k-means++", "random", "random_from_data"}
+        gmm_inits = {"kmeans", "k-means||", "k-means++", "random", "random_from_data"}
         kmeans_inits = {"k-means||", "k-means++", "random"}
         allowed = gmm_inits if self.kind == "gmm" else kmeans_inits
         if isinstance(self.init, FromRun):

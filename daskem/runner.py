@@ -83,7 +83,7 @@ class Reporter:
                  if s.n_iter == iteration and len(s.objectives) > 1]
         change = max(moved) if moved else float("nan")
         elapsed = time.monotonic() - self.started
-        running = sum(not s.converged and s.n_iter < max_iter for s in states)
+        running = sum(s.running and s.n_iter < max_iter for s in states)
         if kind == "select":  # the candidates' objectives are not comparable
             objective, shown = None, ""
         else:
@@ -122,7 +122,7 @@ def build_estimator(config: RunConfig, **warm):
     init = m.init if isinstance(m.init, str) else None
     if m.kind == "kmeans":
         return KMeans(warm.get("n_components", m.n_components),
-                      init=warm.get("init", init or "k-means||"),
+                      init=warm.get("init", init or "k-means++"),
                       tol=1e-4 if m.tol is None else m.tol, **_common_settings(config))
     gmm = dict(n_components=m.n_components, covariance_type=m.covariance_type,
                tol=1e-3 if m.tol is None else m.tol, reg_covar=m.reg_covar,
@@ -378,6 +378,7 @@ def model_record(estimator, source: Source) -> tuple[str, dict, dict, dict]:
         "n_iter": int(estimator.n_iter_),
         "converged": bool(estimator.converged_),
         "reseeds": [[it, e.component, e.row, e.reason] for it, e in estimator.reseeds_],
+        "restarts": getattr(estimator, "restarts_", []),
     })
     if source.standardize is not None:
         attrs["standardize"] = {"mean": source.standardize[0].tolist(),

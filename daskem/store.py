@@ -105,6 +105,7 @@ def _state_attrs(state: EMState) -> dict:
         "converged": state.converged,
         "objectives": [float(v) for v in state.objectives],
         "events": [[it, e.component, e.row, e.reason] for it, e in state.events],
+        "dropped": state.dropped,
     }
     if isinstance(state.params, GaussianParams):
         attrs["covariance_type"] = state.params.covariance_type
@@ -120,7 +121,8 @@ def _state_from(arrays: dict[str, np.ndarray], attrs: dict) -> EMState:
                    for it, c, r, reason in attrs.get("events", []))
     return EMState(params=params, n_iter=int(attrs["n_iter"]),
                    converged=bool(attrs["converged"]),
-                   objectives=tuple(attrs["objectives"]), events=events)
+                   objectives=tuple(attrs["objectives"]), events=events,
+                   dropped=str(attrs.get("dropped", "")))
 
 
 def _plain(row: dict) -> dict:

@@ -39,6 +39,13 @@ class EMState:
     converged: bool = False
     objectives: tuple = ()  # per iteration: mean log-likelihood (mixtures) or inertia
     events: tuple = field(default=(), repr=False)  # (iteration, Reseed) pairs
+    # Why this restart stopped before its passes over the data ("" while it runs): a
+    # restart beaten on the sample is not run to the end (see engine.seeding).
+    dropped: str = ""
+
+    @property
+    def running(self) -> bool:
+        return not self.converged and not self.dropped
 
 
 @dataclass(frozen=True)
@@ -159,7 +166,7 @@ def run_em(
     states = list(states)
     n_pass = 0
     while True:
-        active = [i for i, s in enumerate(states) if not s.converged and s.n_iter < max_iter]
+        active = [i for i, s in enumerate(states) if s.running and s.n_iter < max_iter]
         if not active:
             return states
         kparams = [families[i].kernel_params(states[i].params, data.dtype) for i in active]
@@ -172,6 +179,31 @@ def run_em(
         n_pass += 1
         if callback is not None:
             callback(n_pass, states)
+
+
+def run_em_in_memory(x: np.ndarray, w: np.ndarray | None, families: Sequence,
+                     states: Sequence[EMState], *, max_iter: int) -> list[EMState]:
+    """:func:`run_em` on rows held in memory (the summary pass's sample): the same
+    kernels, M-steps and convergence tests, no pass over the data."""
+    states = list(states)
+    for _ in range(max_iter):
+        active = [i for i, s in enumerate(states) if s.running and s.n_iter < max_iter]
+        if not active:
+            break
+        for i in active:
+            kparams = families[i].kernel_params(states[i].params, x.dtype)
+            stats = families[i].kernel(x, w, 0, kparams)
+            states[i] = families[i].update(states[i], stats, kparams)
+    return states
+
+
+def best_index(states: Sequence[EMState], maximise: bool) -> int:
+    """The restart a fit keeps: the first with the best final objective among those that
+    ran to the end (restarts dropped on the sample have none)."""
+    sign = 1.0 if maximise else -1.0
+    values = [sign * s.objectives[-1] if s.objectives and not s.dropped else -np.inf
+              for s in states]
+    return int(np.argmax(values))
 
 
 class Checkpointer(Protocol):

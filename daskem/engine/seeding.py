@@ -1,11 +1,16 @@
-"""Initial parameters for every restart, computed together in shared passes.
+"""Initial parameters for every restart, computed together, on the sample where possible.
 
-* k-means|| runs over the whole array (a few passes for all restarts at once);
-* k-means++ and random seeding run on the uniform sample drawn by the summary pass;
-* a mixture's ``kmeans`` init runs the distributed k-means (k-means|| then Lloyd), and
-  every init that yields centers (``kmeans``, ``k-means++``, ``random_from_data``) is
-  turned into a mixture by one pass that assigns every row to its nearest center and takes
-  the weights, means and covariances of those hard clusters.
+* The summary pass draws a uniform, row-addressed sample of rows (tens of thousands).
+  ``k-means++`` and ``random`` seeding, a mixture's ``kmeans`` init (k-means++ and Lloyd
+  on the sample) and the mixture made of the sample's hard clusters around those centers
+  all run on it in memory: no pass over the data.
+* ``k-means||`` runs over the whole array instead (Bahmani et al.: ``n_rounds`` + 1 passes
+  for all restarts at once); a mixture's ``k-means||`` init then runs Lloyd over the whole
+  array and takes the hard clusters of all rows (one more shared pass). Better when the
+  sample cannot represent the data: clusters so small that the sample holds a handful of
+  their rows.
+* :func:`choose_on_sample` runs every restart's EM (or Lloyd) on the sample and keeps the
+  best of each model's restarts for the passes over the data.
 """
 
 from __future__ import annotations
@@ -16,7 +21,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from daskem.engine.data import ChunkedData
-from daskem.engine.em import EMState, KMeansFamily, evaluate, run_em
+from daskem.engine.em import (
+    EMState,
+    KMeansFamily,
+    best_index,
+    evaluate,
+    run_em,
+    run_em_in_memory,
+)
 from daskem.engine.reduce import DEFAULT_SPLIT_EVERY
 from daskem.kernels.estep import KMeansKernelParams, kmeans_chunk_stats
 from daskem.kernels.gaussian import compute_precision_cholesky
@@ -115,6 +127,58 @@ def gaussian_from_centers(data: ChunkedData, centers: Sequence[np.ndarray],
             for st, kp, s in zip(stats, kparams, starts, strict=True)]
 
 
+def sample_kmeans(summary: Summary, n_clusters: int, seed: int) -> np.ndarray:
+    """k-means on the summary sample in memory: k-means++ seeding, then weighted Lloyd."""
+    (centers,) = sample_centers(summary, n_clusters, [seed], "k-means++")
+    tol = 1e-4 * float(np.mean(summary.variance))
+    return lloyd(summary.sample_x, centers, summary.sample_w, tol=tol)
+
+
+def _sample_clusters(summary: Summary, centers: np.ndarray,
+                     start: MixtureStart) -> GaussianParams:
+    """The mixture of the sample's hard clusters around ``centers`` (no pass)."""
+    x = summary.sample_x
+    kp = KMeansKernelParams.build(centers, x.dtype, covariance_type=start.covariance_type,
+                                  far_capacity=len(centers))
+    stats = kmeans_chunk_stats(x, summary.sample_w, 0, kp)
+    return gaussian_m_step(stats, kp.shift.astype(np.float64), start.covariance_type,
+                           start.reg_covar, start.fixed_variance)[0]
+
+
+# Iterations at most of a restart's run on the sample (it usually converges well before):
+# fixed, so that a resumed fit with another max_iter starts from the same parameters.
+SAMPLE_MAX_ITER = 100
+
+
+def choose_on_sample(summary: Summary, families: Sequence, states: Sequence[EMState],
+                     groups: Sequence, *, maximise: bool,
+                     max_iter: int = SAMPLE_MAX_ITER) -> list[EMState]:
+    """Run every restart on the sample in memory and keep, of each group of restarts (the
+    restarts of one model), the one with the best objective there; the others are dropped
+    before any pass over the data, with the reason recorded.
+
+    Short runs of every start, then a long run of the best (Biernacki, Celeux & Govaert
+    2003): here the short runs cost nothing, being on the sample, and the long run starts
+    from where the best one's sample run ended, so it needs few passes.
+    """
+    ran = run_em_in_memory(summary.sample_x, summary.sample_w, families,
+                           [EMState(s.params) for s in states], max_iter=max_iter)
+    out = []
+    what = "mean log-likelihood" if maximise else "inertia"
+    for i, (group, done) in enumerate(zip(groups, ran, strict=True)):
+        own = [j for j, g in enumerate(groups) if g == group]
+        best = own[best_index([ran[j] for j in own], maximise)]
+        if i == best:
+            out.append(EMState(done.params))
+            continue
+        value = done.objectives[-1] if done.objectives else float("nan")
+        out.append(EMState(states[i].params, dropped=(
+            f"beaten on the sample ({len(summary.sample_x):,} rows): {what} {value:.6g} "
+            f"after {done.n_iter} iterations, against {ran[best].objectives[-1]:.6g} of "
+            f"restart {own.index(best)}")))
+    return out
+
+
 def _random_mixture(summary: Summary, start: MixtureStart) -> GaussianParams:
     rng = np.random.default_rng(start.seed)
     k, ctype = start.n_components, start.covariance_type
@@ -139,7 +203,7 @@ def initial_mixtures(data: ChunkedData, summary: Summary, starts: Sequence[Mixtu
     """
     out: list[GaussianParams | None] = [None] * len(starts)
     kmeans_jobs = sorted({(s.n_components, s.seed) for s in starts
-                          if s.init_params == "kmeans"})
+                          if s.init_params == "k-means||"})
     fitted: dict[tuple[int, int], np.ndarray] = {}
     if kmeans_jobs:
         centers = kmeans_parallel(data, summary, [k for k, _ in kmeans_jobs],
@@ -150,17 +214,22 @@ def initial_mixtures(data: ChunkedData, summary: Summary, starts: Sequence[Mixtu
                         split_every=split_every)
         fitted = {job: s.params for job, s in zip(kmeans_jobs, states, strict=True)}
     from_centers, centers_of = [], []
+    on_sample: dict[tuple[int, int], np.ndarray] = {}
     for i, s in enumerate(starts):
         if s.init_params == "random":
             out[i] = _random_mixture(summary, s)
-            continue
-        if s.init_params == "kmeans":
-            c = fitted[(s.n_components, s.seed)]
+        elif s.init_params == "k-means||":  # hard clusters of all rows: one shared pass
+            from_centers.append(i)
+            centers_of.append(fitted[(s.n_components, s.seed)])
+        elif s.init_params == "kmeans":  # every step on the sample: no pass
+            job = (s.n_components, s.seed)
+            if job not in on_sample:
+                on_sample[job] = sample_kmeans(summary, s.n_components, s.seed)
+            out[i] = _sample_clusters(summary, on_sample[job], s)
         else:
             method = "k-means++" if s.init_params == "k-means++" else "random"
             (c,) = sample_centers(summary, s.n_components, [s.seed], method)
-        from_centers.append(i)
-        centers_of.append(c)
+            out[i] = _sample_clusters(summary, c, s)
     if from_centers:
         made = gaussian_from_centers(data, centers_of, [starts[i] for i in from_centers],
                                      split_every=split_every)

@@ -144,6 +144,13 @@ def per_sample(X, n_features: int, func, *args, dtype, n_columns: int | None = N
 
 
 
+def restart_records(states) -> list[dict]:
+    """``restarts_``: per restart, whether it ran over the data and, if not, why."""
+    return [{"restart": i, "ran": not s.dropped, "n_iter": s.n_iter,
+             "objective": s.objectives[-1] if s.objectives else None,
+             "dropped": s.dropped or None} for i, s in enumerate(states)]
+
+
 def start_fit(X, sample_weight, *, n_components: int, what: str, chunk_rows, sample_size,
               rng: np.random.Generator, split_every: int) -> tuple[ChunkedData, Summary]:
     """Check the data, make the row-chunks and run the summary pass every fit starts with."""

@@ -9,7 +9,7 @@ import numpy as np
 from daskem.engine.data import as_chunked
 from daskem.engine.em import EMState, KMeansFamily, evaluate, fit_states
 from daskem.engine.reduce import DEFAULT_SPLIT_EVERY, in_span
-from daskem.engine.seeding import kmeans_centers
+from daskem.engine.seeding import choose_on_sample, kmeans_centers
 from daskem.errors import ClusterPolicyWarning, ConvergenceWarning, ParameterError
 from daskem.estimators.base import (
     ParamsMixin,
@@ -19,6 +19,7 @@ from daskem.estimators.base import (
     check_int,
     master_rng,
     per_sample,
+    restart_records,
     start_fit,
 )
 from daskem.kernels.estep import KMeansKernelParams, kmeans_labels, squared_distances
@@ -41,12 +42,17 @@ class KMeans(ParamsMixin):
     Parameters
     ----------
     n_clusters : int, default 8
-    init : {"k-means||", "k-means++", "random"} or array of shape (n_clusters, n_features)
-        ``"k-means||"`` (default) seeds over the whole data in a few passes (Bahmani et al.);
-        ``"k-means++"`` and ``"random"`` seed from a uniform sample of ``sample_size`` rows.
+    init : {"k-means++", "k-means||", "random"} or array of shape (n_clusters, n_features)
+        ``"k-means++"`` (default) and ``"random"`` seed from the uniform sample of
+        ``sample_size`` rows drawn by the first pass; every restart then runs Lloyd on
+        that sample in memory, and only the best (lowest sample inertia) goes on to the
+        passes over the data (the others are recorded in ``restarts_``). ``"k-means||"``
+        seeds over the whole data in a few passes (Bahmani et al.) and runs every restart
+        over the data: better when clusters are too small for the sample to hold more
+        than a handful of their rows.
     n_init : int or "auto", default "auto"
-        Restarts, run side by side in the same passes; the one with the lowest inertia is
-        kept. ``"auto"``: 1 for k-means||, k-means++ and an array, 10 for random.
+        Restarts; the one with the lowest inertia is kept. ``"auto"``: 1 for k-means||,
+        k-means++ and an array, 10 for random.
     max_iter : int, default 300
     tol : float, default 1e-4
         Relative tolerance: stop when the squared movement of the centers, summed, is at
@@ -73,7 +79,7 @@ class KMeans(ParamsMixin):
     ``inertia_history_`` holds the inertia of the centers each iteration started from.
     """
 
-    def __init__(self, n_clusters=8, *, init="k-means||", n_init="auto", max_iter=300,
+    def __init__(self, n_clusters=8, *, init="k-means++", n_init="auto", max_iter=300,
                  tol=1e-4, random_state=None, oversampling_factor=2.0, init_max_rounds=5,
                  sample_size=None, split_every=DEFAULT_SPLIT_EVERY, chunk_rows=None,
                  verbose=0):
@@ -128,32 +134,39 @@ class KMeans(ParamsMixin):
         n_models = 1 if not isinstance(self.init, str) else n_init
 
         def initial():
-            if isinstance(self.init, str):
-                seeds = spawn_seeds(rng, n_init)
-                centers = kmeans_centers(data, summary, self.n_clusters, seeds, self.init,
-                                         split_every=self.split_every)
-            else:
-                centers = [check_array_shape("init", self.init,
-                                             (self.n_clusters, data.n_features))]
-            return [EMState(c) for c in centers]
+            if not isinstance(self.init, str):
+                return [EMState(check_array_shape("init", self.init,
+                                                  (self.n_clusters, data.n_features)))]
+            seeds = spawn_seeds(rng, n_init)
+            centers = kmeans_centers(data, summary, self.n_clusters, seeds, self.init,
+                                     split_every=self.split_every)
+            states = [EMState(c) for c in centers]
+            if self.init == "k-means||":
+                return states  # every restart runs over the data
+            # Lloyd on the sample for every restart; the best goes on over the data.
+            return choose_on_sample(summary, [family] * len(states), states,
+                                    [0] * len(states), maximise=False)
 
         states = fit_states(data, [family] * n_models, initial, max_iter=self.max_iter,
                             split_every=self.split_every, checkpoint=checkpoint,
                             callback=callback or (self._report if self.verbose else None))
-        # The inertia of the final centers: one more E-step pass, for every restart.
-        kparams = [family.kernel_params(s.params, data.dtype, far=False) for s in states]
-        final = evaluate(data, [family.kernel] * len(states), kparams, phase="final",
+        # The inertia of the final centers: one more E-step pass, for every restart that
+        # ran over the data.
+        ran = [i for i, s in enumerate(states) if not s.dropped]
+        kparams = [family.kernel_params(states[i].params, data.dtype, far=False) for i in ran]
+        final = evaluate(data, [family.kernel] * len(ran), kparams, phase="final",
                          label="final", split_every=self.split_every)
-        best = int(np.argmin([st.objective for st in final]))
-        state = states[best]
-        self._set_state(state, float(final[best].objective), data.n_features)
+        chosen = int(np.argmin([st.objective for st in final]))
+        state = states[ran[chosen]]
+        self._set_state(state, float(final[chosen].objective), data.n_features)
         self._set_passes(data.passes)
+        self.restarts_ = restart_records(states)
         self.labels_ = self.predict(X)
         if state.events:
             warnings.warn(f"{len(state.events)} empty cluster(s) were moved onto the farthest "
                           "rows during the fit (see reseeds_)", ClusterPolicyWarning,
                           stacklevel=3)
-        distinct = int(np.count_nonzero(final[best].nk > 0))
+        distinct = int(np.count_nonzero(final[chosen].nk > 0))
         if distinct < self.n_clusters:
             warnings.warn(f"Number of distinct clusters ({distinct}) found smaller than "
                           f"n_clusters ({self.n_clusters}). Possibly due to duplicate points "

@@ -7,9 +7,9 @@ import warnings
 import numpy as np
 
 from daskem.engine.data import as_chunked
-from daskem.engine.em import EMState, GaussianFamily, evaluate, fit_states
+from daskem.engine.em import EMState, GaussianFamily, best_index, evaluate, fit_states
 from daskem.engine.reduce import DEFAULT_SPLIT_EVERY, in_span
-from daskem.engine.seeding import MixtureStart, initial_mixtures
+from daskem.engine.seeding import MixtureStart, choose_on_sample, initial_mixtures
 from daskem.errors import ClusterPolicyWarning, ConvergenceWarning, DataError, ParameterError
 from daskem.estimators.base import (
     ParamsMixin,
@@ -19,6 +19,7 @@ from daskem.estimators.base import (
     check_int,
     master_rng,
     per_sample,
+    restart_records,
     start_fit,
 )
 from daskem.kernels.estep import (
@@ -38,7 +39,7 @@ from daskem.kernels.gaussian import (
 from daskem.kernels.mstep import GaussianParams
 from daskem.kernels.random import spawn_seeds
 
-INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")
+INIT_PARAMS = ("kmeans", "k-means||", "k-means++", "random", "random_from_data")
 ASSIGNMENTS = ("soft", "hard")
 
 
@@ -72,11 +73,17 @@ class GaussianMixture(ParamsMixin):
     assignment : {"soft", "hard"}, default "soft"
         ``"hard"`` is classification EM: the E-step gives every row wholly to its most
         probable component, and ``lower_bound_`` is the classification log-likelihood.
-    init_params : {"kmeans", "k-means++", "random", "random_from_data"}, default "kmeans"
-        ``"kmeans"`` runs daskem's k-means (k-means|| seeding, then Lloyd); ``"k-means++"``
-        and ``"random_from_data"`` pick means from a uniform sample of rows. These three
-        then take the weights and covariances of the hard clusters of all rows around
-        those means (one pass). ``"random"`` draws random responsibilities for the sample.
+    init_params : {"kmeans", "k-means||", "k-means++", "random", "random_from_data"}, \
+default "kmeans"
+        Every init but ``"k-means||"`` works on the uniform sample of rows drawn by the
+        first pass, in memory: ``"kmeans"`` runs k-means there (k-means++, then Lloyd),
+        ``"k-means++"`` and ``"random_from_data"`` pick means from it, and each takes the
+        weights and covariances of the sample's hard clusters around those means;
+        ``"random"`` draws random responsibilities for it. Then every restart runs EM on
+        the sample, and only the best (highest sample log-likelihood) goes on to the passes
+        over the data; the others are recorded in ``restarts_``. ``"k-means||"`` seeds
+        over the whole data (k-means|| and Lloyd in passes, then the hard clusters of all
+        rows) and runs every restart to the end, as scikit-learn does.
     sample_size, split_every, chunk_rows
         As for :class:`daskem.KMeans`.
 
@@ -181,14 +188,19 @@ class GaussianMixture(ParamsMixin):
                 return [EMState(self._from_user(user, None))] * len(seeds)
             computed = initial_mixtures(data, summary, self._starts(seeds),
                                         split_every=self.split_every)
-            return [EMState(self._from_user(user, p)) for p in computed]
+            states = [EMState(self._from_user(user, p)) for p in computed]
+            if user or self.init_params == "k-means||":
+                return states  # every restart runs over the data, as given
+            return choose_on_sample(summary, [self._family()] * len(states), states,
+                                    [0] * len(states), maximise=True)
 
         states = fit_states(data, [self._family()] * self.n_init, initial, max_iter=self.max_iter,
                             split_every=self.split_every, checkpoint=checkpoint,
                             callback=callback or (self._report if self.verbose else None))
         # scikit-learn keeps the first restart with the highest final lower bound.
-        best = int(np.argmax([s.objectives[-1] for s in states]))
+        best = best_index(states, maximise=True)
         self._set_state(states[best], data.n_features)
+        self.restarts_ = restart_records(states)
         self._set_passes(data.passes)
         if not self.converged_:
             warnings.warn("Best performing initialization did not converge. Try different "

@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from daskem.engine.em import EMState, evaluate, fit_states
+from daskem.engine.em import EMState, best_index, evaluate, fit_states
 from daskem.engine.reduce import DEFAULT_SPLIT_EVERY, in_span
-from daskem.engine.seeding import initial_mixtures
+from daskem.engine.seeding import choose_on_sample, initial_mixtures
 from daskem.errors import ClusterPolicyWarning, ConvergenceWarning, ParameterError
-from daskem.estimators.base import check_choice, master_rng, start_fit
+from daskem.estimators.base import check_choice, master_rng, restart_records, start_fit
 from daskem.estimators.mixture import GaussianMixture, _kernel_params
 from daskem.kernels.estep import gaussian_loglik_chunk
 from daskem.kernels.gaussian import COVARIANCE_TYPES, n_parameters
@@ -175,23 +175,31 @@ def select_mixture(
                               chunk_rows=chunk_rows, sample_size=sample_size, rng=rng,
                               split_every=split_every)
     if passes is not None:  # the caller's dict counts the passes as they are made
+        passes.update(data.passes)
         data.passes = passes
+
+    families = [est._family() for est in protos for _ in range(n_init)]
 
     def initial():
         seeds = spawn_seeds(rng, n_init)
         starts = [s for est in protos for s in est._starts(seeds)]
         params = initial_mixtures(data, summary, starts, split_every=split_every)
-        return [EMState(p) for p in params]
+        states = [EMState(p) for p in params]
+        if init_params == "k-means||":
+            return states
+        # Each candidate's restarts compared on the sample: its best runs over the data.
+        groups = [i // n_init for i in range(len(states))]
+        return choose_on_sample(summary, families, states, groups, maximise=True)
 
-    families = [est._family() for est in protos for _ in range(n_init)]
     states = fit_states(data, families, initial, max_iter=max_iter, split_every=split_every,
                         checkpoint=checkpoint, callback=callback)
 
     best_states = []
     for i, est in enumerate(protos):
         own = states[i * n_init:(i + 1) * n_init]
-        best = own[int(np.argmax([s.objectives[-1] for s in own]))]
+        best = own[best_index(own, maximise=True)]
         est._set_state(best, data.n_features)
+        est.restarts_ = restart_records(own)
         best_states.append(best)
     # One more pass: every candidate's log-likelihood under its final parameters.
     lls = evaluate(data, [gaussian_loglik_chunk] * len(protos),
