@@ -65,7 +65,7 @@ class KMeans(ParamsMixin):
         k-means||: number of rounds (passes over the data).
     sample_size : int, optional
         Rows sampled (uniformly, in the first pass) for k-means++ and random seeding;
-        default ``max(10000, 50 * n_clusters)``.
+        default ``max(30000, 100 * n_clusters)``.
     split_every : int, default 8
         Fan-in of the tree reduction of per-chunk statistics.
     chunk_rows : int, optional

@@ -28,7 +28,13 @@ from daskem.engine.em import EMState, best_index, evaluate, fit_states
 from daskem.engine.reduce import DEFAULT_SPLIT_EVERY, in_span
 from daskem.engine.seeding import choose_on_sample, initial_mixtures
 from daskem.errors import ClusterPolicyWarning, ConvergenceWarning, ParameterError
-from daskem.estimators.base import check_choice, master_rng, restart_records, start_fit
+from daskem.estimators.base import (
+    check_choice,
+    default_sample_size,
+    master_rng,
+    restart_records,
+    start_fit,
+)
 from daskem.estimators.mixture import GaussianMixture, _kernel_params
 from daskem.kernels.estep import gaussian_loglik_chunk
 from daskem.kernels.gaussian import COVARIANCE_TYPES, n_parameters
@@ -170,7 +176,7 @@ def select_mixture(
     rng = master_rng(random_state)
     # The same draws as a separate fit: the summary sample, then the restarts' seeds.
     if sample_size is None:
-        sample_size = max(10_000, 50 * largest)
+        sample_size = default_sample_size(largest)
     data, summary = start_fit(X, sample_weight, n_components=largest, what="n_components",
                               chunk_rows=chunk_rows, sample_size=sample_size, rng=rng,
                               split_every=split_every)
