@@ -70,7 +70,9 @@ class Reporter:
     def event(self, kind: str, **fields) -> None:
         if self.json_stream is not None:
             record = {"event": kind, "time": round(time.time(), 3), **fields}
-            self.json_stream.write(json.dumps(record, default=float) + "\n")
+            # Strict JSON: NaN and infinities (no change yet, say) become null.
+            self.json_stream.write(json.dumps(_finite(record), default=float,
+                                              allow_nan=False) + "\n")
             self.json_stream.flush()
 
     def iteration(self, n_pass: int, states: list[EMState], kind: str, max_iter: int,
@@ -98,6 +100,17 @@ class Reporter:
         self.event("iteration", iteration=iteration, objective=objective, change=change,
                    running=running, passes=reads, passes_by_phase=dict(passes or {}),
                    elapsed=round(elapsed, 3))
+
+
+def _finite(value):
+    """``value`` with every NaN or infinite float (nested in dicts and lists) made None."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    return value
 
 
 def _best_index(states: list[EMState], kind: str) -> int:

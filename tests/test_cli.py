@@ -199,10 +199,18 @@ def test_join_cluster_fsspec_url_json_log_and_predict(tmp_path, small_store):
         result = run_cli("run", str(cfg), "--log-json", str(log))
         assert result.returncode == 0, result.stderr
         assert f"joined the Dask cluster at {cluster.scheduler_address}" in result.stdout
-        records = [json.loads(line) for line in log.read_text().splitlines()]
+        def strict(token):  # what JavaScript's JSON.parse accepts: no NaN, no Infinity
+            raise ValueError(f"not JSON: {token}")
+
+        records = [json.loads(line, parse_constant=strict)
+                   for line in log.read_text().splitlines()]
         iterations = [r for r in records if r["event"] == "iteration"]
         assert iterations and all("objective" in r and "elapsed" in r for r in iterations)
         assert [r["iteration"] for r in iterations] == list(range(1, len(iterations) + 1))
+        assert iterations[0]["change"] is None  # no change before the second iteration
+        assert [r["passes"] for r in iterations] == sorted(r["passes"] for r in iterations)
+        (done,) = [r for r in records if r["event"] == "info" and "passes" in r]
+        assert done["passes"] == sum(done["passes_by_phase"].values())
 
         out = tmp_path / "predicted.zarr"
         result = run_cli("predict", str(store), "--out", str(out))
