@@ -99,6 +99,14 @@ def _report(exc: Exception, rerun) -> None:
     _fail(runner.EXIT_RUN, f"{type(exc).__name__}: {exc}", rerun("see the message"))
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one line, ``daskem: warning: <message> (<category>)``, not as the
+    Python source line that raised it (``--debug`` keeps Python's format)."""
+    text = " ".join(str(message).split())
+    print(f"daskem: warning: {text} ({category.__name__})", file=file or sys.stderr,
+          flush=True)
+
+
 def _quiet_client_logs(debug: bool) -> None:
     """distributed's client logs tracebacks when the scheduler goes away; daskem reports
     that itself in one line. ``--debug`` keeps them."""
@@ -107,6 +115,9 @@ def _quiet_client_logs(debug: bool) -> None:
     import distributed  # noqa: F401 - its import sets the levels this then overrides
 
     if not debug:
+        import warnings
+
+        warnings.showwarning = _show_warning
         for name in ("distributed.client", "distributed.batched", "distributed.core"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
 

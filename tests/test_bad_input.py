@@ -105,7 +105,8 @@ def run_job(tmp_path, data_path, **model):
         "run": {"store": str(store)}}))
     result = subprocess.run([sys.executable, "-m", "daskem", "run", str(config), "-q"],
                             capture_output=True, text=True, timeout=300)
-    lines = [line for line in result.stderr.splitlines() if line.startswith("daskem:")]
+    lines = [line for line in result.stderr.splitlines()
+             if line.startswith("daskem: error:")]
     model_written = RunStore(str(store)).exists() and "model" in zarr.open_group(
         str(store), mode="r")
     return result.returncode, lines, model_written

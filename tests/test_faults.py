@@ -216,7 +216,7 @@ def test_lost_scheduler_exits_with_retriable_code(tmp_path, store_path):
         sched.kill()
         _, stderr = proc.communicate(timeout=180)
         assert proc.returncode == 5, stderr
-        ours = [line for line in stderr.splitlines() if line.startswith("daskem:")]
+        ours = [line for line in stderr.splitlines() if line.startswith("daskem: error:")]
         assert len(ours) == 1 and stderr.splitlines()[-1] == ours[0]
         assert "scheduler" in ours[0].lower() and "rerun" in ours[0]
     finally:

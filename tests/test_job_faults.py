@@ -55,7 +55,7 @@ def write_config(path: Path, data: str, store: str, **sections) -> Path:
 
 def error_line(stderr: str) -> str:
     """The one ``daskem: error:`` line, which must also be the last line."""
-    ours = [line for line in stderr.splitlines() if line.startswith("daskem:")]
+    ours = [line for line in stderr.splitlines() if line.startswith("daskem: error:")]
     assert len(ours) == 1, stderr
     assert stderr.strip().splitlines()[-1] == ours[0], stderr
     return ours[0]
@@ -412,3 +412,14 @@ def test_disk_full_during_outputs_names_the_path_and_keeps_the_model(tmp_path, d
     assert_same_model(store, reference)
     labels = zarr.open_array(str(disk / "out.zarr"), path="labels", mode="r")
     assert labels.nchunks_initialized == labels.nchunks
+
+
+def test_warnings_reach_the_terminal_as_one_line(tmp_path, data_store):
+    """A job that stops at max_iter warns in one line, not with Python's source line."""
+    config = write_config(tmp_path / "job.yaml", str(data_store), str(tmp_path / "run.zarr"))
+    result = run_cli("run", str(config), "-q", "--set", "model.max_iter=2")
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines == ["daskem: warning: Best performing initialization did not converge. Try "
+                     "different init parameters, or increase max_iter, tol, or check for "
+                     "degenerate data. (ConvergenceWarning)"], result.stderr
