@@ -168,7 +168,7 @@ default "kmeans"
 
     @in_span("daskem GaussianMixture.fit")
     def fit(self, X, y=None, sample_weight=None, *, checkpoint=None, callback=None):
-        """Estimate the parameters by EM (``n_init`` restarts run side by side).
+        """Estimate the parameters by EM (the best of ``n_init`` restarts; see ``init_params``).
 
         ``checkpoint`` (a :class:`~daskem.engine.em.Checkpointer`, such as a run store)
         makes the fit resumable; ``callback(n_pass, states)`` is called after every pass.
