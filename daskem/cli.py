@@ -43,14 +43,16 @@ def _fail(code: int, message: str, remedy: str | None = None) -> None:
     raise typer.Exit(code)
 
 
-def _guard(fn, *, store: str | None = None, stopper: Stopper | None = None):
+def _guard(fn, *, job: dict | None = None, stopper: Stopper | None = None):
     """Run ``fn`` and turn daskem's errors into one line and an exit code.
 
-    ``store``: the run store of a job, read after a failure to say truthfully what a rerun
-    does; ``stopper``: the job's signal handlers (a stop signal explains any failure that
-    follows it, such as workers that the same signal ended).
+    ``job``: filled in by ``fn`` once its config is loaded; its ``"store"``, the run store,
+    is read after a failure to say truthfully what a rerun does; ``stopper``: the job's
+    signal handlers (a stop signal explains any failure that follows it, such as workers
+    that the same signal ended).
     """
     def rerun(first: str = "") -> str:
+        store = (job or {}).get("store")
         note = runner.resume_note(store) if store else "rerun"
         return f"{first}; {note}" if first else note
 
@@ -141,6 +143,7 @@ def _job(config: Path, set_: list[str], quiet: bool, log_json: Path | None, forc
     def job():
         _quiet_client_logs(debug)
         cfg = load_config(config, set_)
+        loaded["store"] = cfg.run.store
         if select and cfg.select is None:
             raise ConfigError(f"{config}: no select section (select: {{n_components: [...], "
                               "covariance_types: [...]}}); see configs/select.yaml")
@@ -156,16 +159,8 @@ def _job(config: Path, set_: list[str], quiet: bool, log_json: Path | None, forc
             if stream is not None and stream is not sys.stdout:
                 stream.close()
 
-    stopper = Stopper()
-    raise typer.Exit(_guard(job, store=_store_of(config, set_), stopper=stopper))
-
-
-def _store_of(config: Path, set_: list[str]) -> str | None:
-    """The run store a job config names (``None`` if the config does not load)."""
-    try:
-        return load_config(config, set_).run.store
-    except Exception:  # noqa: BLE001 - the job itself reports what is wrong with it
-        return None
+    stopper, loaded = Stopper(), {}
+    raise typer.Exit(_guard(job, job=loaded, stopper=stopper))
 
 
 @app.command()
