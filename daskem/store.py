@@ -38,6 +38,7 @@ import numpy as np
 from daskem.engine.em import EMState
 from daskem.errors import DaskemError, DaskemWarning, storage_errors
 from daskem.kernels.mstep import GaussianParams, Reseed
+from daskem.kernels.stats import stack_stats, unstack_stats
 
 # The pointer is a Zarr group of its own whose metadata document daskem writes atomically;
 # its attributes name the newest complete checkpoint.
@@ -94,9 +95,26 @@ def model_checksum(arrays: dict[str, np.ndarray]) -> str:
 
 
 def _state_arrays(state: EMState) -> dict[str, np.ndarray]:
+    """A state's arrays: its parameters, then (incremental EM) its blocks' statistics."""
     if isinstance(state.params, GaussianParams):
-        return {name: np.asarray(getattr(state.params, name)) for name in GAUSSIAN_ARRAYS}
-    return {"centers": np.asarray(state.params)}
+        out = {name: np.asarray(getattr(state.params, name)) for name in GAUSSIAN_ARRAYS}
+    else:
+        out = {"centers": np.asarray(state.params)}
+    if state.blocks:
+        out["block_shift"] = np.stack([shift for shift, _ in state.blocks])
+        stacked = stack_stats([stats for _, stats in state.blocks])
+        out.update({f"block_{name}": stacked[name] for name in sorted(stacked)})
+    return out
+
+
+def _state_keys(group) -> list[str]:
+    """The names of a stored state's arrays, in the order :func:`_state_arrays` gives."""
+    base = ["centers"] if "centers" in group else list(GAUSSIAN_ARRAYS)
+    blocks = sorted(name for name in group.array_keys() if name.startswith("block_"))
+    if blocks:
+        blocks.remove("block_shift")
+        blocks.insert(0, "block_shift")
+    return base + blocks
 
 
 def _state_attrs(state: EMState) -> dict:
@@ -119,10 +137,15 @@ def _state_from(arrays: dict[str, np.ndarray], attrs: dict) -> EMState:
         params = GaussianParams(attrs["covariance_type"], *(arrays[n] for n in GAUSSIAN_ARRAYS))
     events = tuple((it, Reseed(int(c), int(r), str(reason)))
                    for it, c, r, reason in attrs.get("events", []))
+    blocks = ()
+    if "block_shift" in arrays:
+        stats = unstack_stats({name[len("block_"):]: value for name, value in arrays.items()
+                               if name.startswith("block_")})
+        blocks = tuple(zip(arrays["block_shift"], stats, strict=True))
     return EMState(params=params, n_iter=int(attrs["n_iter"]),
                    converged=bool(attrs["converged"]),
                    objectives=tuple(attrs["objectives"]), events=events,
-                   dropped=str(attrs.get("dropped", "")))
+                   dropped=str(attrs.get("dropped", "")), blocks=blocks)
 
 
 def _plain(row: dict) -> dict:
@@ -350,7 +373,7 @@ class RunStore:
         states, arrays = [], []
         for i in range(n_models):
             sub = group[f"model_{i}"]
-            keys = ("centers",) if "centers" in sub else GAUSSIAN_ARRAYS
+            keys = _state_keys(sub)
             values = {key: np.asarray(sub[key][...]) for key in keys}
             arrays.extend(values[key] for key in keys)
             states.append(_state_from(values, dict(sub.attrs)))

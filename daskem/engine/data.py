@@ -16,6 +16,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import dask
 import dask.array as da
 import numpy as np
 
@@ -57,6 +58,11 @@ def reader_blocks(reader: RowReader, task_rows: int | None = None) -> list[tuple
     task_rows = max(step, task_rows // step * step)
     return [(start, min(start + task_rows, n)) for start in range(0, n, task_rows)]
 
+
+# Incremental EM: the fewest chunks in a block. A block's chunks are its only
+# parallelism (its M-step waits for all of them), so a block of one chunk would leave all
+# but one worker thread idle.
+MIN_BLOCK_CHUNKS = 4
 
 # The phases a pass is counted under, by the engine's task-name prefix.
 PASS_PHASES = {"summary": "summary", "seed": "seeding", "init": "initialisation",
@@ -107,13 +113,44 @@ class ChunkedData:
     def n_chunks(self) -> int:
         return len(self.chunks)
 
-    def map_reduce(self, kernel, payload, *, phase: str, label: str = "",
-                   split_every: int = DEFAULT_SPLIT_EVERY):
-        """One pass: ``kernel`` on every chunk, results added up (one ``compute``)."""
+    def count_pass(self, phase: str) -> None:
         name = PASS_PHASES.get(phase, phase)
         self.passes[name] = self.passes.get(name, 0) + 1
-        return map_reduce(self.chunks, self.weight_chunks, self.offsets, kernel, payload,
-                          phase=phase, label=label, split_every=split_every)
+
+    def map_reduce(self, kernel, payload, *, phase: str, label: str = "",
+                   split_every: int = DEFAULT_SPLIT_EVERY, blocks=None):
+        """One pass: ``kernel`` on every chunk, results added up (one ``compute``).
+
+        With ``blocks`` (ranges ``(start, stop)`` of chunk numbers), the results are added
+        up per block instead and returned as a list, in one ``compute``; that counts as a
+        pass only when the blocks cover every chunk (an incremental sweep counts its pass
+        itself, with :meth:`count_pass`).
+        """
+        if blocks is None:
+            self.count_pass(phase)
+            return map_reduce(self.chunks, self.weight_chunks, self.offsets, kernel, payload,
+                              phase=phase, label=label, split_every=split_every)
+        roots = []
+        for j, (a, b) in enumerate(blocks):
+            weights = None if self.weight_chunks is None else self.weight_chunks[a:b]
+            roots.append(map_reduce(self.chunks[a:b], weights, self.offsets[a:b], kernel,
+                                    payload, phase=phase, label=f"{label}b{j:03d}",
+                                    split_every=split_every, compute=False))
+        if sum(b - a for a, b in blocks) == self.n_chunks:
+            self.count_pass(phase)
+        return list(dask.compute(*roots))
+
+    def block_ranges(self, n_blocks: int) -> list[tuple[int, int]]:
+        """``n_blocks`` consecutive ranges of chunks, as even as possible, each of at
+        least ``MIN_BLOCK_CHUNKS`` chunks (fewer blocks if the data have too few chunks).
+
+        The ranges depend on the chunk grid alone, never on the cluster, so a fit does
+        not depend on how many workers ran it.
+        """
+        n = self.n_chunks
+        n_blocks = max(1, min(int(n_blocks), n // MIN_BLOCK_CHUNKS))
+        edges = [n * j // n_blocks for j in range(n_blocks + 1)]
+        return list(zip(edges[:-1], edges[1:], strict=True))
 
     def chunk_of_row(self, row: int) -> int:
         """The source's chunk holding ``row`` (the storage chunk, for a row reader)."""

@@ -27,7 +27,7 @@ from daskem.kernels.estep import (
     kmeans_chunk_stats,
 )
 from daskem.kernels.mstep import GaussianParams, Reseed, gaussian_m_step, kmeans_m_step
-from daskem.kernels.stats import Stats
+from daskem.kernels.stats import Stats, reshift
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,9 @@ class EMState:
     # Why this restart stopped before its passes over the data ("" while it runs): a
     # restart beaten on the sample is not run to the end (see engine.seeding).
     dropped: str = ""
+    # Incremental EM: per block of chunks, the statistics of its latest visit and the
+    # shift they are relative to, ``((shift, Stats), ...)``; empty for batch EM.
+    blocks: tuple = field(default=(), repr=False, compare=False)
 
     @property
     def running(self) -> bool:
@@ -67,17 +70,32 @@ class GaussianFamily:
             params.weights, params.means, params.precisions_cholesky, self.covariance_type,
             hard=self.hard, far_capacity=params.n_components if far else 0)
 
-    def update(self, state: EMState, stats: Stats, kparams: GaussianKernelParams) -> EMState:
+    @staticmethod
+    def stats_shift(kparams: GaussianKernelParams) -> np.ndarray:
+        """The point the kernel's statistics are shifted by."""
+        return kparams.shift
+
+    def m_step(self, stats: Stats, kparams: GaussianKernelParams):
+        return gaussian_m_step(stats, kparams.shift, self.covariance_type, self.reg_covar,
+                               self.fixed_variance)
+
+    def objective(self, stats: Stats, n_iter: int) -> float:
+        """The mean log-likelihood of the statistics (refused when not finite)."""
         lower_bound = stats.objective / stats.weight_sum
         if not np.isfinite(lower_bound):
             raise FitError(
-                f"the log-likelihood became {lower_bound} at iteration {state.n_iter + 1}; "
+                f"the log-likelihood became {lower_bound} at iteration {n_iter}; "
                 "increase reg_covar or scale the input data")
-        params, events = gaussian_m_step(
-            stats, kparams.shift, self.covariance_type, self.reg_covar,
-            self.fixed_variance)
+        return lower_bound
+
+    def converged(self, state: EMState, objective: float, old_params, new_params) -> bool:
         previous = state.objectives[-1] if state.objectives else -np.inf
-        converged = abs(lower_bound - previous) < self.tol
+        return abs(objective - previous) < self.tol
+
+    def update(self, state: EMState, stats: Stats, kparams: GaussianKernelParams) -> EMState:
+        lower_bound = self.objective(stats, state.n_iter + 1)
+        params, events = self.m_step(stats, kparams)
+        converged = self.converged(state, lower_bound, state.params, params)
         return _advance(state, params, lower_bound, converged, events)
 
 
@@ -93,11 +111,27 @@ class KMeansFamily:
         return KMeansKernelParams.build(centers, dtype,
                                         far_capacity=len(centers) if far else 0)
 
+    @staticmethod
+    def stats_shift(kparams: KMeansKernelParams) -> np.ndarray:
+        """The points the kernel's statistics are shifted by: every cluster's center."""
+        return kparams.centers.astype(np.float64)
+
+    def m_step(self, stats: Stats, kparams: KMeansKernelParams):
+        return kmeans_m_step(stats, kparams.centers.astype(np.float64))
+
+    @staticmethod
+    def objective(stats: Stats, n_iter: int) -> float:
+        return float(stats.objective)
+
+    def converged(self, state: EMState, objective: float, old_params, new_params) -> bool:
+        """The centers moved by at most ``tol`` (squared, summed)."""
+        old = np.asarray(old_params, dtype=np.float64)
+        return float(((np.asarray(new_params) - old) ** 2).sum()) <= self.tol
+
     def update(self, state: EMState, stats: Stats, kparams: KMeansKernelParams) -> EMState:
-        old = kparams.centers.astype(np.float64)
-        centers, events = kmeans_m_step(stats, old)
-        shift = float(((centers - old) ** 2).sum())
-        return _advance(state, centers, stats.objective, shift <= self.tol, events)
+        centers, events = self.m_step(stats, kparams)
+        converged = self.converged(state, stats.objective, self.stats_shift(kparams), centers)
+        return _advance(state, centers, stats.objective, converged, events)
 
 
 def _advance(state: EMState, params, objective: float, converged: bool,
@@ -157,12 +191,19 @@ def run_em(
     split_every: int = DEFAULT_SPLIT_EVERY,
     callback: Callable[[int, list[EMState]], None] | None = None,
     phase: str = "estep",
+    n_blocks: int = 1,
 ) -> list[EMState]:
     """Iterate every model until it converges or reaches ``max_iter`` iterations.
 
     One pass (one ``dask.compute``) per iteration, shared by all models still running.
     ``callback(pass_number, states)`` is called after each pass (progress, checkpoints).
+    With ``n_blocks > 1`` the iterations are incremental (:func:`run_incremental`) when
+    the data have chunks enough for two blocks or more.
     """
+    if len(data.block_ranges(n_blocks)) > 1:
+        return run_incremental(data, families, states, max_iter=max_iter,
+                               n_blocks=n_blocks, split_every=split_every,
+                               callback=callback, phase=phase)
     states = list(states)
     n_pass = 0
     while True:
@@ -179,6 +220,115 @@ def run_em(
         n_pass += 1
         if callback is not None:
             callback(n_pass, states)
+
+
+def _block_stats(data: ChunkedData, kernels, params, blocks, *, phase: str, label: str,
+                 split_every: int) -> list[list[Stats]]:
+    """Statistics of several models per block of chunks, ``[block][model]``, in one
+    ``compute``; raises on non-finite data as :func:`evaluate` does."""
+    results = data.map_reduce(multi_chunk_stats, MultiRequest(tuple(kernels), tuple(params)),
+                              phase=phase, label=label, split_every=split_every,
+                              blocks=blocks)
+    for result in results:
+        for stats in result.items:
+            if stats.n_nonfinite:
+                raise DataError(
+                    f"X contains {stats.n_nonfinite} non-finite value(s) (NaN or inf); "
+                    "they appeared after the data were checked (was the source modified?)")
+    return [result.items for result in results]
+
+
+def block_total(blocks: Sequence[tuple], reference: np.ndarray) -> Stats:
+    """The sum of per-block statistics, each re-centred on ``reference``, in block order."""
+    total = None
+    for shift, stats in blocks:
+        stats = reshift(stats, shift, reference)
+        total = stats if total is None else total + stats
+    return total
+
+
+def run_incremental(data: ChunkedData, families: Sequence, states: Sequence[EMState], *,
+                    max_iter: int, n_blocks: int, split_every: int = DEFAULT_SPLIT_EVERY,
+                    callback: Callable[[int, list[EMState]], None] | None = None,
+                    phase: str = "estep") -> list[EMState]:
+    """Incremental EM (Neal & Hinton 1998): an M-step after every block of chunks.
+
+    The chunks are cut into ``n_blocks`` consecutive blocks. A model's first pass is a
+    batch iteration that keeps each block's statistics. Every later pass is a *sweep*:
+    for each block in order, its E-step under the current parameters replaces the
+    block's statistics from the previous sweep, and the M-step runs on the sum over all
+    blocks (each re-centred exactly onto the current shift, added in block order). The
+    fixed points are batch EM's, and each sweep improves the parameters about as much as
+    ``n_blocks`` small steps would: far fewer passes to converge.
+
+    An iteration is a pass (a sweep); its objective is the sum of the blocks'
+    objectives, each under the parameters its block was visited with, and the
+    convergence test is the model's own (the change of that objective, or the movement
+    of the centers over the sweep). A re-seeding inside a sweep makes the other blocks'
+    statistics stale: the model sits out the rest of that sweep, and its next pass is a
+    batch iteration again. Deterministic: the blocks, their order and every reduction are
+    fixed by the chunk grid.
+    """
+    states = list(states)
+    blocks = data.block_ranges(n_blocks)
+    name = "iteration" if phase == "estep" else f"{phase} iteration"
+    n_pass = 0
+    while True:
+        active = [i for i, s in enumerate(states) if s.running and s.n_iter < max_iter]
+        if not active:
+            return states
+        fresh = [i for i in active if len(states[i].blocks) != len(blocks)]
+        with span(f"{name} {n_pass + 1}"):
+            if fresh:
+                _batch_pass(data, families, states, fresh, blocks, phase=phase,
+                            label=f"it{n_pass:04d}", split_every=split_every)
+            else:
+                _sweep(data, families, states, active, blocks, phase=phase,
+                       label=f"it{n_pass:04d}", split_every=split_every)
+        n_pass += 1
+        if callback is not None:
+            callback(n_pass, states)
+
+
+def _batch_pass(data, families, states, models, blocks, *, phase, label, split_every):
+    """A batch iteration of ``models`` that keeps every block's statistics."""
+    kparams = [families[i].kernel_params(states[i].params, data.dtype) for i in models]
+    per_block = _block_stats(data, [families[i].kernel for i in models], kparams, blocks,
+                             phase=phase, label=label, split_every=split_every)
+    for j, (i, kp) in enumerate(zip(models, kparams, strict=True)):
+        shift = families[i].stats_shift(kp)
+        kept = tuple((shift, stats[j]) for stats in per_block)
+        updated = families[i].update(states[i], block_total(kept, shift), kp)
+        states[i] = replace(updated, blocks=kept)
+
+
+def _sweep(data, families, states, models, blocks, *, phase, label, split_every):
+    """One incremental pass of ``models``: an M-step after every block."""
+    params = {i: states[i].params for i in models}
+    kept = {i: list(states[i].blocks) for i in models}
+    events: dict[int, list] = {i: [] for i in models}
+    going = list(models)
+    for b, block in enumerate(blocks):
+        if not going:
+            break
+        kparams = [families[i].kernel_params(params[i], data.dtype) for i in going]
+        (stats,) = _block_stats(data, [families[i].kernel for i in going], kparams, [block],
+                                phase=phase, label=label, split_every=split_every)
+        for i, kp, st in zip(going, kparams, stats, strict=True):
+            reference = families[i].stats_shift(kp)
+            kept[i][b] = (reference, st)
+            params[i], new_events = families[i].m_step(block_total(kept[i], reference), kp)
+            events[i].extend(new_events)
+        going = [i for i in going if not events[i]]
+    data.count_pass(phase)
+    for i in models:
+        family, state = families[i], states[i]
+        total = block_total(kept[i], kept[i][-1][0])
+        objective = family.objective(total, state.n_iter + 1)
+        converged = not events[i] and family.converged(state, objective, state.params,
+                                                       params[i])
+        states[i] = replace(_advance(state, params[i], objective, converged, events[i]),
+                            blocks=() if events[i] else tuple(kept[i]))
 
 
 def run_em_in_memory(x: np.ndarray, w: np.ndarray | None, families: Sequence,
@@ -225,6 +375,7 @@ def fit_states(
     split_every: int = DEFAULT_SPLIT_EVERY,
     checkpoint: Checkpointer | None = None,
     callback: Callable[[int, list[EMState]], None] | None = None,
+    n_blocks: int = 1,
 ) -> list[EMState]:
     """Initialise (or resume from ``checkpoint``) and iterate to the end.
 
@@ -249,4 +400,4 @@ def fit_states(
             callback(n_pass, current)
 
     return run_em(data, families, states, max_iter=max_iter, split_every=split_every,
-                  callback=after_pass)
+                  callback=after_pass, n_blocks=n_blocks)

@@ -144,6 +144,16 @@ def per_sample(X, n_features: int, func, *args, dtype, n_columns: int | None = N
 
 
 
+# When the M-step runs: after every pass over the data, or after every block of chunks.
+UPDATES = ("batch", "incremental")
+DEFAULT_BLOCKS = 16
+
+
+def blocks_of(update: str, n_blocks: int) -> int:
+    """The engine's ``n_blocks`` for an ``update`` setting (1: batch EM)."""
+    return int(n_blocks) if update == "incremental" else 1
+
+
 def restart_records(states) -> list[dict]:
     """``restarts_``: per restart, whether it ran over the data and, if not, why."""
     return [{"restart": i, "ran": not s.dropped, "n_iter": s.n_iter,

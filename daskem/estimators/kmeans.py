@@ -12,7 +12,10 @@ from daskem.engine.reduce import DEFAULT_SPLIT_EVERY, in_span
 from daskem.engine.seeding import choose_on_sample, kmeans_centers
 from daskem.errors import ClusterPolicyWarning, ConvergenceWarning, ParameterError
 from daskem.estimators.base import (
+    DEFAULT_BLOCKS,
+    UPDATES,
     ParamsMixin,
+    blocks_of,
     check_array_shape,
     check_choice,
     check_float,
@@ -82,7 +85,8 @@ class KMeans(ParamsMixin):
     def __init__(self, n_clusters=8, *, init="k-means++", n_init="auto", max_iter=300,
                  tol=1e-4, random_state=None, oversampling_factor=2.0, init_max_rounds=5,
                  sample_size=None, split_every=DEFAULT_SPLIT_EVERY, chunk_rows=None,
-                 verbose=0):
+                 verbose=0,
+                 update="batch", n_blocks=DEFAULT_BLOCKS):
         self.n_clusters = n_clusters
         self.init = init
         self.n_init = n_init
@@ -94,6 +98,8 @@ class KMeans(ParamsMixin):
         self.sample_size = sample_size
         self.split_every = split_every
         self.chunk_rows = chunk_rows
+        self.update = update
+        self.n_blocks = n_blocks
         self.verbose = verbose
 
     def _check_params(self) -> int:
@@ -103,6 +109,8 @@ class KMeans(ParamsMixin):
         check_int("init_max_rounds", self.init_max_rounds, 1)
         check_float("tol", self.tol, 0.0)
         check_float("oversampling_factor", self.oversampling_factor, 0.0, strict=True)
+        check_choice("update", self.update, UPDATES)
+        check_int("n_blocks", self.n_blocks, 1)
         is_array = not isinstance(self.init, str)
         if not is_array:
             check_choice("init", self.init, INITS)
@@ -149,6 +157,7 @@ class KMeans(ParamsMixin):
 
         states = fit_states(data, [family] * n_models, initial, max_iter=self.max_iter,
                             split_every=self.split_every, checkpoint=checkpoint,
+                            n_blocks=blocks_of(self.update, self.n_blocks),
                             callback=callback or (self._report if self.verbose else None))
         # The inertia of the final centers: one more E-step pass, for every restart that
         # ran over the data.

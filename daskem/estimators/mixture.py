@@ -12,7 +12,10 @@ from daskem.engine.reduce import DEFAULT_SPLIT_EVERY, in_span
 from daskem.engine.seeding import MixtureStart, choose_on_sample, initial_mixtures
 from daskem.errors import ClusterPolicyWarning, ConvergenceWarning, DataError, ParameterError
 from daskem.estimators.base import (
+    DEFAULT_BLOCKS,
+    UPDATES,
     ParamsMixin,
+    blocks_of,
     check_array_shape,
     check_choice,
     check_float,
@@ -101,7 +104,8 @@ default "kmeans"
                  max_iter=100, n_init=1, init_params="kmeans", weights_init=None,
                  means_init=None, precisions_init=None, random_state=None,
                  assignment="soft", fixed_variance=1.0, sample_size=None,
-                 split_every=DEFAULT_SPLIT_EVERY, chunk_rows=None, verbose=0):
+                 split_every=DEFAULT_SPLIT_EVERY, chunk_rows=None, verbose=0,
+                 update="batch", n_blocks=DEFAULT_BLOCKS):
         self.n_components = n_components
         self.covariance_type = covariance_type
         self.tol = tol
@@ -118,6 +122,8 @@ default "kmeans"
         self.sample_size = sample_size
         self.split_every = split_every
         self.chunk_rows = chunk_rows
+        self.update = update
+        self.n_blocks = n_blocks
         self.verbose = verbose
 
     # ------------------------------------------------------------------ checks
@@ -133,6 +139,8 @@ default "kmeans"
         check_choice("init_params", self.init_params, INIT_PARAMS)
         check_choice("assignment", self.assignment, ASSIGNMENTS)
         check_float("fixed_variance", self.fixed_variance, 0.0, strict=True)
+        check_choice("update", self.update, UPDATES)
+        check_int("n_blocks", self.n_blocks, 1)
 
     def _user_init(self, n_features: int) -> dict:
         k, ctype = self.n_components, self.covariance_type
@@ -196,6 +204,7 @@ default "kmeans"
 
         states = fit_states(data, [self._family()] * self.n_init, initial, max_iter=self.max_iter,
                             split_every=self.split_every, checkpoint=checkpoint,
+                            n_blocks=blocks_of(self.update, self.n_blocks),
                             callback=callback or (self._report if self.verbose else None))
         # scikit-learn keeps the first restart with the highest final lower bound.
         best = best_index(states, maximise=True)

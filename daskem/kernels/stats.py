@@ -163,3 +163,77 @@ def s2_shape(covariance_type: str | None, n_components: int, n_features: int) ->
         "diag": (n_components, n_features),
         "spherical": (n_components,),
     }[covariance_type]
+
+
+def reshift(stats: Stats, old: np.ndarray, new: np.ndarray) -> Stats:
+    """The same statistics shifted by ``new`` instead of ``old``: exact, no pass.
+
+    ``old`` and ``new`` are one point (d,) or one per component (K, d). With
+    δ = old − new, x − new = (x − old) + δ, so::
+
+        s1' = s1 + nk δ        s2' = s2 + s1 δᵀ + δ s1ᵀ + nk δδᵀ
+
+    (its diagonal for diag, its trace for spherical). Used to add statistics computed
+    under different parameters (incremental and stepwise EM).
+    """
+    k, d = stats.s1.shape
+    delta = np.broadcast_to(np.asarray(old, np.float64) - np.asarray(new, np.float64), (k, d))
+    if not delta.any():
+        return stats
+    nk = stats.nk
+    s2 = stats.s2
+    if s2 is not None:
+        if s2.ndim == 1:  # spherical: the trace
+            s2 = s2 + 2.0 * np.einsum("kd,kd->k", stats.s1, delta) + nk * (delta**2).sum(1)
+        elif s2.shape[1] == d and d > 1:  # diag
+            s2 = s2 + 2.0 * stats.s1 * delta + nk[:, None] * delta**2
+        else:  # full and tied: packed upper triangles
+            iu, ju = np.triu_indices(d)
+            s2 = (s2 + stats.s1[:, iu] * delta[:, ju] + delta[:, iu] * stats.s1[:, ju]
+                  + nk[:, None] * delta[:, iu] * delta[:, ju])
+    return Stats(nk=nk, s1=stats.s1 + nk[:, None] * delta, s2=s2,
+                 objective=stats.objective, weight_sum=stats.weight_sum,
+                 n_samples=stats.n_samples, n_nonfinite=stats.n_nonfinite, far=stats.far)
+
+
+def stack_stats(items: list[Stats]) -> dict[str, np.ndarray]:
+    """Statistics of several blocks as a few stacked arrays (for a checkpoint); the far
+    points are padded to their capacity, ``far_count`` says how many are real."""
+    k, d = items[0].s1.shape
+    cap = max(st.far.capacity for st in items)
+    out = {
+        "nk": np.stack([st.nk for st in items]),
+        "s1": np.stack([st.s1 for st in items]),
+        "scalars": np.array([[st.objective, st.weight_sum, st.n_samples, st.n_nonfinite]
+                             for st in items], dtype=np.float64),
+        "far_count": np.array([len(st.far.score) for st in items], dtype=np.int64),
+        "far_capacity": np.array([st.far.capacity for st in items], dtype=np.int64),
+        "far_score": np.zeros((len(items), cap)),
+        "far_index": np.zeros((len(items), cap), dtype=np.int64),
+        "far_x": np.zeros((len(items), cap, d)),
+        "far_label": np.zeros((len(items), cap), dtype=np.int64),
+        "far_weight": np.zeros((len(items), cap)),
+    }
+    if items[0].s2 is not None:
+        out["s2"] = np.stack([st.s2 for st in items])
+    for b, st in enumerate(items):
+        m = len(st.far.score)
+        for name in ("score", "index", "x", "label", "weight"):
+            out[f"far_{name}"][b, :m] = getattr(st.far, name)
+    return out
+
+
+def unstack_stats(arrays: dict[str, np.ndarray]) -> list[Stats]:
+    """Inverse of :func:`stack_stats`."""
+    items = []
+    for b in range(arrays["nk"].shape[0]):
+        m = int(arrays["far_count"][b])
+        objective, weight_sum, n_samples, n_nonfinite = arrays["scalars"][b]
+        far = FarPoints(*(np.asarray(arrays[f"far_{name}"][b, :m])
+                          for name in ("score", "index", "x", "label", "weight")),
+                        capacity=int(arrays["far_capacity"][b]))
+        items.append(Stats(nk=np.asarray(arrays["nk"][b]), s1=np.asarray(arrays["s1"][b]),
+                           s2=np.asarray(arrays["s2"][b]) if "s2" in arrays else None,
+                           objective=float(objective), weight_sum=float(weight_sum),
+                           n_samples=int(n_samples), n_nonfinite=int(n_nonfinite), far=far))
+    return items
