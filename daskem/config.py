@@ -99,6 +99,10 @@ class FitConfig(_Section):
     split_every: int = Field(8, ge=2, description="fan-in of the tree reduction")
     persist: bool = Field(False, description="keep the data in cluster memory across "
                           "iterations instead of reading the source every iteration")
+    update: Literal["batch", "incremental"] = Field(
+        "batch", description="when the M-step runs: after every pass (batch EM) or after "
+        "every block of chunks (incremental EM: fewer passes when convergence is slow)")
+    n_blocks: int = Field(16, ge=2, description="incremental: blocks of chunks per pass")
 
 
 class SecurityConfig(_Section):

@@ -125,7 +125,8 @@ def _common_settings(config: RunConfig) -> dict:
     m = config.model
     return dict(max_iter=m.max_iter, n_init=m.n_init, random_state=m.random_state,
                 sample_size=m.sample_size, split_every=config.fit.split_every,
-                chunk_rows=config.data.chunk_rows)
+                chunk_rows=config.data.chunk_rows, update=config.fit.update,
+                n_blocks=config.fit.n_blocks)
 
 
 def build_estimator(config: RunConfig, **warm):

@@ -45,6 +45,13 @@ def fit_all(X):
         out["km-inertia"] = np.array(km.inertia_)
         km2 = KMeans(4, init="k-means||", random_state=3).fit(X)
         out["km||-centers"] = km2.cluster_centers_
+        # Incremental EM: an M-step after each of 3 blocks of chunks (14 chunks here).
+        gi = GaussianMixture(4, max_iter=6, tol=0, random_state=0, update="incremental",
+                             n_blocks=3).fit(X)
+        out["gmm-incremental-means"] = gi.means_
+        out["gmm-incremental-lb"] = np.array(gi.lower_bounds_)
+        ki = KMeans(4, init=init, max_iter=10, update="incremental", n_blocks=3).fit(X)
+        out["km-incremental-centers"] = ki.cluster_centers_
     return out
 
 

@@ -139,7 +139,12 @@ def test_errors_name_the_storage_chunk(tmp_path):
                    chunk_rows=500),
     lambda: KMeans(3, init="k-means++", n_init=1, max_iter=4, tol=0, random_state=0,
                    chunk_rows=500),
-], ids=["gmm-kmeans-init", "kmeans-parallel", "kmeans-plusplus"])
+    lambda: GaussianMixture(3, max_iter=5, tol=0, random_state=0, chunk_rows=250,
+                            update="incremental", n_blocks=3),
+    lambda: KMeans(3, init="k-means++", max_iter=4, tol=0, random_state=0,
+                   chunk_rows=250, update="incremental", n_blocks=3),
+], ids=["gmm-kmeans-init", "kmeans-parallel", "kmeans-plusplus", "gmm-incremental",
+        "kmeans-incremental"])
 def test_passes_by_phase_equal_the_reads_at_the_source(sync_scheduler, make):
     """n_passes_ and passes_ are what the source saw: every block read once per pass."""
     X = np.random.default_rng(3).normal(size=(3000, 3)) + np.repeat(np.eye(3) * 6, 1000, 0)
@@ -147,9 +152,10 @@ def test_passes_by_phase_equal_the_reads_at_the_source(sync_scheduler, make):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         est = make().fit(rows)
-    blocks = [(a, min(a + 500, 3000)) for a in range(0, 3000, 500)]
+    step = est.chunk_rows
+    blocks = [(a, min(a + step, 3000)) for a in range(0, 3000, step)]
     assert len(rows.reads) % len(blocks) == 0
     assert sorted(rows.reads) == sorted(blocks * (len(rows.reads) // len(blocks)))
     assert est.n_passes_ == len(rows.reads) // len(blocks) == sum(est.passes_.values())
     assert est.passes_["summary"] == 1
-    assert est.passes_["em"] == (6 if isinstance(est, GaussianMixture) else est.n_iter_)
+    assert est.passes_["em"] == (est.max_iter if isinstance(est, GaussianMixture) else est.n_iter_)

@@ -29,6 +29,8 @@ from daskem.engine.reduce import DEFAULT_SPLIT_EVERY, in_span
 from daskem.engine.seeding import choose_on_sample, initial_mixtures
 from daskem.errors import ClusterPolicyWarning, ConvergenceWarning, ParameterError
 from daskem.estimators.base import (
+    DEFAULT_BLOCKS,
+    blocks_of,
     check_choice,
     default_sample_size,
     master_rng,
@@ -151,6 +153,8 @@ def select_mixture(
     checkpoint=None,
     callback: Callable[[int, list[EMState]], None] | None = None,
     passes: dict | None = None,
+    update: str = "batch",
+    n_blocks: int = DEFAULT_BLOCKS,
 ) -> Selection:
     """Fit every (size, covariance type) of a grid in shared passes and pick by BIC or AIC.
 
@@ -167,7 +171,8 @@ def select_mixture(
     settings = dict(tol=tol, reg_covar=reg_covar, max_iter=max_iter, n_init=n_init,
                     init_params=init_params, random_state=random_state,
                     assignment=assignment, fixed_variance=fixed_variance,
-                    split_every=split_every, chunk_rows=chunk_rows)
+                    split_every=split_every, chunk_rows=chunk_rows, update=update,
+                    n_blocks=n_blocks)
     protos = [GaussianMixture(k, covariance_type=c, sample_size=sample_size, **settings)
               for k, c in cells]
     for est in protos:
@@ -198,7 +203,8 @@ def select_mixture(
         return choose_on_sample(summary, families, states, groups, maximise=True)
 
     states = fit_states(data, families, initial, max_iter=max_iter, split_every=split_every,
-                        checkpoint=checkpoint, callback=callback)
+                        checkpoint=checkpoint, callback=callback,
+                        n_blocks=blocks_of(update, n_blocks))
 
     best_states = []
     for i, est in enumerate(protos):
