@@ -60,6 +60,10 @@ class FromRun(_Section):
 
     from_run: str = Field(description="run store whose model starts this fit; its feature "
                           "count and names must equal the data's")
+    rows: Literal["all", "new"] = Field(
+        "all", description="all: fit every row, starting from that model; new: read only "
+        "the rows added to data.path since that run and hold the earlier rows' statistics "
+        "fixed (outputs cover the new rows)")
 
 
 class ModelConfig(_Section):

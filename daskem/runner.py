@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TextIO
 
 import numpy as np
@@ -37,6 +37,8 @@ from daskem.store import (
     format_passes,
     model_checksum,
     no_run_store,
+    stats_arrays,
+    stats_from,
 )
 
 EXIT_OK = 0
@@ -314,8 +316,39 @@ def probe_data(config: RunConfig, warm: WarmModel | None = None) -> Source:
     source = open_source(config.data.model_copy(update={"missing": "error",
                                                         "standardize": False}))
     check_size(config, int(source.full.shape[0]))
-    warm_start(config, source, warm if warm is not None else read_warm_model(config))
-    return source
+    warm = warm if warm is not None else read_warm_model(config)
+    warm_start(config, source, warm)
+    return new_rows(config, source, warm)
+
+
+def new_rows(config: RunConfig, source: Source, warm: WarmModel | None) -> Source:
+    """``source`` cut to the rows added since the warm start's run, when
+    ``model.init.rows`` is ``new`` (otherwise ``source`` itself)."""
+    if warm is None or config.model.init.rows != "new":
+        return source
+    where = f"model.init.rows: new ({warm.path})"
+    if "rows_end" not in warm.attrs or not warm.estimator._fit_stats:
+        raise ConfigError(f"{where}: that model was written without its statistics (by an "
+                          "earlier daskem); fit it again, or use rows: all")
+    if source.layout is not None:
+        raise ConfigError(f"{where}: reading only new rows works on Zarr arrays and .npy "
+                          f"files; data.path {config.data.path} is read as an xarray dataset")
+    if config.data.missing != "error":
+        raise ConfigError(f"{where}: needs data.missing: error (rows dropped for missing "
+                          "values would shift which rows are new)")
+    start, n = int(warm.attrs["rows_end"]), source.n_rows
+    if start > n:
+        raise DataError(f"{where}: data.path {config.data.path} has {n:,} rows, fewer than "
+                        f"the {start:,} that model was fitted on (rows were removed, not "
+                        "added); use rows: all")
+    if start == n:
+        raise DataError(f"{where}: no rows were added to data.path {config.data.path} since "
+                        f"that run (it was fitted on all {n:,}); nothing to fit")
+    check_size(config, n - start)
+    return replace(source, full=source.full[start:], X=source.X[start:], rows=None,
+                   first_row=start, fingerprint={**source.fingerprint, "rows": [start, n]},
+                   description=f"{source.description}; rows {start:,} to {n:,}, added "
+                   f"since {warm.path}")
 
 
 def check_size(config: RunConfig, n_rows: int) -> None:
@@ -338,7 +371,7 @@ def open_data(config: RunConfig, store: RunStore | None = None,
     standardize = (np.asarray(saved["mean"]), np.asarray(saved["scale"])) if saved else None
     source = open_source(config.data, standardize=standardize, persist=config.fit.persist)
     check_size(config, int(source.X.shape[0]))
-    return source
+    return new_rows(config, source, warm)
 
 
 def fingerprint(source: Source, warm: WarmModel | None = None) -> dict:
@@ -397,6 +430,11 @@ def model_record(estimator, source: Source) -> tuple[str, dict, dict, dict]:
     if source.standardize is not None:
         attrs["standardize"] = {"mean": source.standardize[0].tolist(),
                                 "scale": source.standardize[1].tolist()}
+    # The statistics of the last M-step: a later warm start with ``rows: new`` holds them
+    # fixed. ``rows_end``: the source rows they cover (0 to rows_end).
+    fit_stats = getattr(estimator, "_fit_stats", ())
+    arrays.update(stats_arrays("stats", (fit_stats,) if fit_stats else ()))
+    attrs["rows_end"] = source.first_row + source.n_rows
     return kind, arrays, attrs, history
 
 
@@ -411,17 +449,19 @@ def estimator_from_model(kind: str, arrays: dict, attrs: dict, objectives: tuple
     """A fitted estimator from a model as :meth:`RunStore.read_model` returns it and its
     objective per iteration (``history/objective``)."""
     params = attrs["params"]
+    last = stats_from("stats", arrays)
+    last = last[0] if last else ()
     if kind == "kmeans":
         est = KMeans(**params)
         state = EMState(arrays["cluster_centers"], attrs["n_iter"], attrs["converged"],
-                        objectives)
+                        objectives, last=last)
         est._set_state(state, attrs["inertia"], attrs["n_features"])
     else:
         est = GaussianMixture(**params)
         gp = GaussianParams(params["covariance_type"], arrays["weights"], arrays["means"],
                             arrays["covariances"], arrays["precisions_cholesky"])
-        est._set_state(EMState(gp, attrs["n_iter"], attrs["converged"], objectives),
-                       attrs["n_features"])
+        est._set_state(EMState(gp, attrs["n_iter"], attrs["converged"], objectives,
+                               last=last), attrs["n_features"])
     return est
 
 
@@ -520,6 +560,10 @@ def run_job(config: RunConfig, reporter: Reporter, *, force: bool = False,
             estimator = build_estimator(config, **warm_start(config, source, warm))
             if warm is not None:
                 reporter.info(f"warm start from the model in {warm.path}")
+            if source.first_row:  # only the new rows are read; the others are held fixed
+                estimator._fixed_stats = warm.estimator._fit_stats
+                reporter.info(f"holding fixed the statistics of the {source.first_row:,} "
+                              f"rows fitted in {warm.path}")
             kind = config.model.kind
             reporter.info(f"fitting {estimator!r}")
             reporter.started = time.monotonic()
@@ -541,13 +585,18 @@ def run_job(config: RunConfig, reporter: Reporter, *, force: bool = False,
         if written:
             passes["outputs"] = 1
         store.set_status("complete", outputs={"path": target, "group": group,
-                                              "arrays": written},
+                                              "arrays": written,
+                                              "first_row": source.first_row},
                          passes={**passes, "resumed": resumed is not None})
     objective = attrs.get("lower_bound", attrs.get("inertia"))
+    only_new = ""
+    if source.first_row:
+        only_new = (f" (rows {source.first_row:,} to {attrs['rows_end']:,} only, the rows "
+                    "added since the warm start's run; its rows were held fixed)")
     reporter.info(
         f"done: {kind}, {attrs['n_iter']} iterations, converged {attrs['converged']}, "
         f"{'lower bound' if kind == 'gmm' else 'inertia'} {objective:.10g}; "
-        f"{format_passes(passes, resumed is not None)}; model and "
+        f"{format_passes(passes, resumed is not None)}{only_new}; model and "
         f"history in {config.run.store}; outputs {', '.join(written) or 'none'} in "
         f"{target}{'/' + group if group else ''}",
         n_iter=attrs["n_iter"], converged=attrs["converged"], objective=objective,

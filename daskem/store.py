@@ -63,7 +63,8 @@ class CheckpointWarning(DaskemWarning):
 
 
 # Fingerprint entries that must not change while a run is resumed.
-FINGERPRINT_KEYS = ("shape", "dtype", "chunk_rows", "features", "chunks", "init_model")
+FINGERPRINT_KEYS = ("shape", "dtype", "chunk_rows", "features", "chunks", "init_model",
+                    "rows")
 
 
 def package_versions() -> dict:
@@ -100,21 +101,41 @@ def _state_arrays(state: EMState) -> dict[str, np.ndarray]:
         out = {name: np.asarray(getattr(state.params, name)) for name in GAUSSIAN_ARRAYS}
     else:
         out = {"centers": np.asarray(state.params)}
-    if state.blocks:
-        out["block_shift"] = np.stack([shift for shift, _ in state.blocks])
-        stacked = stack_stats([stats for _, stats in state.blocks])
-        out.update({f"block_{name}": stacked[name] for name in sorted(stacked)})
+    out.update(stats_arrays("block", state.blocks))
+    out.update(stats_arrays("last", (state.last,) if state.last else ()))
     return out
+
+
+def stats_arrays(prefix: str, items) -> dict[str, np.ndarray]:
+    """``(shift, Stats)`` pairs as arrays named ``<prefix>_shift``, ``<prefix>_nk``, ..."""
+    if not items:
+        return {}
+    stacked = stack_stats([stats for _, stats in items])
+    out = {f"{prefix}_shift": np.stack([shift for shift, _ in items])}
+    out.update({f"{prefix}_{name}": stacked[name] for name in sorted(stacked)})
+    return out
+
+
+def stats_from(prefix: str, arrays: dict[str, np.ndarray]) -> tuple:
+    """Inverse of :func:`stats_arrays` (``()`` if there are none)."""
+    if f"{prefix}_shift" not in arrays:
+        return ()
+    start = len(prefix) + 1
+    stats = unstack_stats({name[start:]: value for name, value in arrays.items()
+                           if name.startswith(f"{prefix}_")})
+    return tuple(zip(arrays[f"{prefix}_shift"], stats, strict=True))
 
 
 def _state_keys(group) -> list[str]:
     """The names of a stored state's arrays, in the order :func:`_state_arrays` gives."""
-    base = ["centers"] if "centers" in group else list(GAUSSIAN_ARRAYS)
-    blocks = sorted(name for name in group.array_keys() if name.startswith("block_"))
-    if blocks:
-        blocks.remove("block_shift")
-        blocks.insert(0, "block_shift")
-    return base + blocks
+    keys = ["centers"] if "centers" in group else list(GAUSSIAN_ARRAYS)
+    names = set(group.array_keys())
+    for prefix in ("block", "last"):
+        if f"{prefix}_shift" in names:
+            keys.append(f"{prefix}_shift")
+            keys.extend(sorted(n for n in names if n.startswith(f"{prefix}_")
+                               and n != f"{prefix}_shift"))
+    return keys
 
 
 def _state_attrs(state: EMState) -> dict:
@@ -137,15 +158,12 @@ def _state_from(arrays: dict[str, np.ndarray], attrs: dict) -> EMState:
         params = GaussianParams(attrs["covariance_type"], *(arrays[n] for n in GAUSSIAN_ARRAYS))
     events = tuple((it, Reseed(int(c), int(r), str(reason)))
                    for it, c, r, reason in attrs.get("events", []))
-    blocks = ()
-    if "block_shift" in arrays:
-        stats = unstack_stats({name[len("block_"):]: value for name, value in arrays.items()
-                               if name.startswith("block_")})
-        blocks = tuple(zip(arrays["block_shift"], stats, strict=True))
+    last = stats_from("last", arrays)
     return EMState(params=params, n_iter=int(attrs["n_iter"]),
                    converged=bool(attrs["converged"]),
                    objectives=tuple(attrs["objectives"]), events=events,
-                   dropped=str(attrs.get("dropped", "")), blocks=blocks)
+                   dropped=str(attrs.get("dropped", "")), blocks=stats_from("block", arrays),
+                   last=last[0] if last else ())
 
 
 def _plain(row: dict) -> dict:

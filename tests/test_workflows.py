@@ -14,7 +14,10 @@ import numpy as np
 import pytest
 import zarr
 from conftest import synthetic_store
+from scipy.special import logsumexp
+from scipy.stats import multivariate_normal
 from test_cli import run_cli, write_config
+from test_job_faults import error_line
 
 from daskem import GaussianMixture, KMeans, select_mixture
 from daskem.store import RunStore
@@ -145,6 +148,88 @@ def test_warm_start_equals_passing_the_parameters_by_hand(tmp_path, small_store)
         ref = KMeans(3, init=centers, n_init=1).fit(x)
     np.testing.assert_allclose(RunStore(str(km2)).read_model()[1]["cluster_centers"],
                                ref.cluster_centers_, rtol=1e-9)
+
+
+def test_warm_start_on_new_rows_reads_only_them_and_fits_all(tmp_path, small_store):
+    """``init: {from_run, rows: new}``: only the rows added since day 1 are read; day 1's
+    statistics are held fixed, so the model stays a fit of every row."""
+    first = tmp_path / "day1.zarr"
+    model = {"kind": "gmm", "n_components": 3, "max_iter": 200, "tol": 1e-12,
+             "random_state": 0}
+    cfg1 = write_config(tmp_path, "day1", data={"path": str(small_store)}, model=model,
+                        run={"store": str(first)})
+    assert run_cli("run", str(cfg1)).returncode == 0
+    grown = _grown_store(tmp_path / "grown.zarr", 4200)  # its first 3,000 rows are day 1's
+
+    def day2(name, max_iter):
+        store = tmp_path / f"{name}.zarr"
+        cfg = write_config(tmp_path, name, data={"path": str(grown)},
+                           model={"kind": "gmm", "max_iter": max_iter, "tol": 1e-12,
+                                  "init": {"from_run": str(first), "rows": "new"}},
+                           run={"store": str(store)})
+        result = run_cli("run", str(cfg))
+        assert result.returncode == 0, result.stderr
+        return store, result
+
+    one, result = day2("one", 1)
+    assert "holding fixed the statistics of the 3,000 rows" in result.stdout
+    assert "rows 3,000 to 4,200 only" in result.stdout
+    attrs = RunStore(str(one)).attrs
+    assert attrs["fingerprint"]["rows"] == [3000, 4200]
+    assert attrs["outputs"]["first_row"] == 3000
+
+    # One iteration by hand: day 1's stored statistics (raw sums, from their shift) plus
+    # the new rows' sums under day 1's model (scipy densities), then the M-step.
+    kind, m1, _ = RunStore(str(first)).read_model()
+    shift = m1["stats_shift"][0]
+    nk0, s1, packed = m1["stats_nk"][0], m1["stats_s1"][0], m1["stats_s2"][0]
+    iu, ju = np.triu_indices(4)
+    s2 = np.zeros((3, 4, 4))
+    s2[:, iu, ju] = packed
+    s2[:, ju, iu] = packed
+    sum_x = s1 + nk0[:, None] * shift
+    sum_xx = (s2 + np.einsum("ki,j->kij", s1, shift) + np.einsum("i,kj->kij", shift, s1)
+              + nk0[:, None, None] * np.outer(shift, shift))
+    x = zarr.open_array(str(grown), path="X", mode="r")[...]
+    new = x[3000:]
+    logp = np.stack([np.log(m1["weights"][k])
+                     + multivariate_normal(m1["means"][k], m1["covariances"][k]).logpdf(new)
+                     for k in range(3)], axis=1)
+    resp = np.exp(logp - logsumexp(logp, axis=1, keepdims=True))
+    nk = nk0 + resp.sum(0)
+    means = (sum_x + resp.T @ new) / nk[:, None]
+    covs = ((sum_xx + np.einsum("nk,ni,nj->kij", resp, new, new)) / nk[:, None, None]
+            - np.einsum("ki,kj->kij", means, means) + 1e-6 * np.eye(4))
+    m2 = RunStore(str(one)).read_model()[1]
+    np.testing.assert_allclose(m2["means"], means, rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(m2["covariances"], covs, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(m2["weights"], nk / nk.sum(), rtol=1e-9)
+    prec = np.einsum("kij,klj->kil", m1["precisions_cholesky"], m1["precisions_cholesky"])
+    # The outputs cover the new rows, in order.
+    est, _ = __import__("daskem.runner").runner.load_estimator(RunStore(str(one)))
+    labels = zarr.open_array(str(one), path="outputs/labels", mode="r")[...]
+    np.testing.assert_array_equal(labels, est.predict(x[3000:]))
+
+    # Run to convergence: close on all rows to a warm start that reads them all (day 1's
+    # rows keep day 1's responsibilities: an approximation, 5e-4 per sample here), and
+    # better than fitting the new rows alone.
+    done, _ = day2("done", 200)
+    est_new, _ = __import__("daskem.runner").runner.load_estimator(RunStore(str(done)))
+    with dask.config.set(scheduler="synchronous"):
+        every = GaussianMixture(3, weights_init=m1["weights"], means_init=m1["means"],
+                                precisions_init=prec, max_iter=200, tol=1e-12).fit(x)
+        alone = GaussianMixture(3, weights_init=m1["weights"], means_init=m1["means"],
+                                precisions_init=prec, max_iter=200, tol=1e-12).fit(x[3000:])
+    assert est_new.score(x) == pytest.approx(every.score(x), abs=1e-3)
+    assert est_new.score(x) > alone.score(x)
+
+    # Nothing new: a clear refusal, not an empty fit.
+    cfg = write_config(tmp_path, "same", data={"path": str(small_store)},
+                       model={"kind": "gmm", "init": {"from_run": str(first), "rows": "new"}},
+                       run={"store": str(tmp_path / "same.zarr")})
+    result = run_cli("run", str(cfg))
+    assert result.returncode == 3, result.stderr
+    assert "no rows were added" in error_line(result.stderr)
 
 
 def test_warm_start_refuses_a_model_that_does_not_fit_the_data(tmp_path, small_store):

@@ -45,6 +45,9 @@ class EMState:
     # Incremental EM: per block of chunks, the statistics of its latest visit and the
     # shift they are relative to, ``((shift, Stats), ...)``; empty for batch EM.
     blocks: tuple = field(default=(), repr=False, compare=False)
+    # The statistics the latest M-step ran on and their shift, ``(shift, Stats)``: with
+    # them a later fit can hold these rows fixed while it reads only new ones.
+    last: tuple = field(default=(), repr=False, compare=False)
 
     @property
     def running(self) -> bool:
@@ -93,10 +96,7 @@ class GaussianFamily:
         return abs(objective - previous) < self.tol
 
     def update(self, state: EMState, stats: Stats, kparams: GaussianKernelParams) -> EMState:
-        lower_bound = self.objective(stats, state.n_iter + 1)
-        params, events = self.m_step(stats, kparams)
-        converged = self.converged(state, lower_bound, state.params, params)
-        return _advance(state, params, lower_bound, converged, events)
+        return _update(self, state, stats, kparams)
 
 
 @dataclass(frozen=True)
@@ -129,13 +129,65 @@ class KMeansFamily:
         return float(((np.asarray(new_params) - old) ** 2).sum()) <= self.tol
 
     def update(self, state: EMState, stats: Stats, kparams: KMeansKernelParams) -> EMState:
-        centers, events = self.m_step(stats, kparams)
-        converged = self.converged(state, stats.objective, self.stats_shift(kparams), centers)
-        return _advance(state, centers, stats.objective, converged, events)
+        return _update(self, state, stats, kparams)
+
+
+@dataclass(frozen=True)
+class WithFixed:
+    """A family whose every M-step also counts statistics held fixed: the rows of an
+    earlier fit, not read again (``shift`` is what ``stats`` are relative to).
+
+    The objective and the convergence test are those of the rows being read.
+    """
+
+    family: GaussianFamily | KMeansFamily
+    shift: np.ndarray
+    stats: Stats
+
+    @property
+    def kernel(self):
+        return self.family.kernel
+
+    def kernel_params(self, params, dtype, far: bool = True):
+        return self.family.kernel_params(params, dtype, far)
+
+    def stats_shift(self, kparams) -> np.ndarray:
+        return self.family.stats_shift(kparams)
+
+    def m_step(self, stats: Stats, kparams):
+        return self.family.m_step(stats, kparams)
+
+    def total(self, stats: Stats, shift: np.ndarray) -> Stats:
+        """``stats`` (relative to ``shift``) and the fixed statistics, added."""
+        return stats + reshift(self.stats, self.shift, shift)
+
+    def objective(self, stats: Stats, n_iter: int) -> float:
+        return self.family.objective(stats, n_iter)
+
+    def converged(self, state: EMState, objective: float, old_params, new_params) -> bool:
+        return self.family.converged(state, objective, old_params, new_params)
+
+    def update(self, state: EMState, stats: Stats, kparams) -> EMState:
+        return _update(self, state, stats, kparams)
+
+
+def _update(family, state: EMState, stats: Stats, kparams) -> EMState:
+    """A batch iteration's end: the objective, the M-step, the convergence test."""
+    objective = family.objective(stats, state.n_iter + 1)
+    shift = family.stats_shift(kparams)
+    total = _total(family, stats, shift)
+    params, events = family.m_step(total, kparams)
+    converged = family.converged(state, objective, shift, params)
+    return _advance(state, params, objective, converged, events, last=(shift, total))
+
+
+def _total(family, stats: Stats, shift: np.ndarray) -> Stats:
+    """What the M-step counts: ``stats``, and a :class:`WithFixed` family's fixed rows."""
+    return family.total(stats, shift) if isinstance(family, WithFixed) else stats
 
 
 def _advance(state: EMState, params, objective: float, converged: bool,
-             events: list[Reseed]) -> EMState:
+             events: list[Reseed], last: tuple = ()) -> EMState:
     n_iter = state.n_iter + 1
     return replace(
         state,
@@ -144,6 +196,7 @@ def _advance(state: EMState, params, objective: float, converged: bool,
         converged=bool(converged),
         objectives=state.objectives + (float(objective),),
         events=state.events + tuple((n_iter, e) for e in events),
+        last=last,
     )
 
 
@@ -317,17 +370,20 @@ def _sweep(data, families, states, models, blocks, *, phase, label, split_every)
         for i, kp, st in zip(going, kparams, stats, strict=True):
             reference = families[i].stats_shift(kp)
             kept[i][b] = (reference, st)
-            params[i], new_events = families[i].m_step(block_total(kept[i], reference), kp)
+            total = _total(families[i], block_total(kept[i], reference), reference)
+            params[i], new_events = families[i].m_step(total, kp)
             events[i].extend(new_events)
         going = [i for i in going if not events[i]]
     data.count_pass(phase)
     for i in models:
         family, state = families[i], states[i]
-        total = block_total(kept[i], kept[i][-1][0])
+        reference = kept[i][-1][0]
+        total = block_total(kept[i], reference)
         objective = family.objective(total, state.n_iter + 1)
         converged = not events[i] and family.converged(state, objective, state.params,
                                                        params[i])
-        states[i] = replace(_advance(state, params[i], objective, converged, events[i]),
+        states[i] = replace(_advance(state, params[i], objective, converged, events[i],
+                                     last=(reference, _total(family, total, reference))),
                             blocks=() if events[i] else tuple(kept[i]))
 
 

@@ -8,6 +8,7 @@ import numbers
 import numpy as np
 
 from daskem.engine.data import ChunkedData, _as_dask, _check_dtype, as_chunked, summarise
+from daskem.engine.em import WithFixed
 from daskem.engine.reduce import span
 from daskem.errors import DataError, NotFittedError, ParameterError
 from daskem.kernels.summary import Summary
@@ -152,6 +153,16 @@ DEFAULT_BLOCKS = 16
 def blocks_of(update: str, n_blocks: int) -> int:
     """The engine's ``n_blocks`` for an ``update`` setting (1: batch EM)."""
     return int(n_blocks) if update == "incremental" else 1
+
+
+def with_fixed(estimator, family):
+    """``family``, or, when the estimator was given the statistics of rows fitted before
+    (``_fixed_stats``, ``(shift, Stats)``: what ``daskem run`` does for a warm start that
+    reads only new rows), a family whose every M-step also counts those rows."""
+    fixed = getattr(estimator, "_fixed_stats", None)
+    if not fixed:
+        return family
+    return WithFixed(family, *fixed)
 
 
 def restart_records(states) -> list[dict]:

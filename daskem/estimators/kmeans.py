@@ -24,6 +24,7 @@ from daskem.estimators.base import (
     per_sample,
     restart_records,
     start_fit,
+    with_fixed,
 )
 from daskem.kernels.estep import KMeansKernelParams, kmeans_labels, squared_distances
 from daskem.kernels.random import spawn_seeds
@@ -137,7 +138,7 @@ class KMeans(ParamsMixin):
                                   what="n_clusters", chunk_rows=self.chunk_rows,
                                   sample_size=self.sample_size, rng=rng,
                                   split_every=self.split_every)
-        family = KMeansFamily(self.tol * float(np.mean(summary.variance)))
+        family = with_fixed(self, KMeansFamily(self.tol * float(np.mean(summary.variance))))
         self.passes_ = data.passes  # counted live during the fit (progress reads it)
         n_models = 1 if not isinstance(self.init, str) else n_init
 
@@ -190,6 +191,7 @@ class KMeans(ParamsMixin):
         self.converged_ = state.converged
         self.n_features_in_ = n_features
         self.reseeds_ = list(state.events)
+        self._fit_stats = state.last
 
     def _report(self, n_pass: int, states) -> None:
         inertia = min(s.objectives[-1] for s in states if s.objectives)

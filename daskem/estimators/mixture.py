@@ -24,6 +24,7 @@ from daskem.estimators.base import (
     per_sample,
     restart_records,
     start_fit,
+    with_fixed,
 )
 from daskem.kernels.estep import (
     GaussianKernelParams,
@@ -202,7 +203,8 @@ default "kmeans"
             return choose_on_sample(summary, [self._family()] * len(states), states,
                                     [0] * len(states), maximise=True)
 
-        states = fit_states(data, [self._family()] * self.n_init, initial, max_iter=self.max_iter,
+        states = fit_states(data, [with_fixed(self, self._family())] * self.n_init, initial,
+                            max_iter=self.max_iter,
                             split_every=self.split_every, checkpoint=checkpoint,
                             n_blocks=blocks_of(self.update, self.n_blocks),
                             callback=callback or (self._report if self.verbose else None))
@@ -266,6 +268,7 @@ default "kmeans"
         self.lower_bound_ = state.objectives[-1]
         self.lower_bounds_ = list(state.objectives)
         self.reseeds_ = list(state.events)
+        self._fit_stats = state.last
         self.n_features_in_ = n_features
 
     def _report(self, n_pass: int, states) -> None:

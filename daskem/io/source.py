@@ -126,6 +126,7 @@ class Source:
     description: str = ""
     notes: list[str] = field(default_factory=list)
     passes: dict = field(default_factory=dict)  # full reads made opening it, by policy
+    first_row: int = 0  # the data's row that is row 0 here (a fit of the new rows only)
 
     @property
     def n_rows(self) -> int:
