@@ -113,3 +113,33 @@ def test_empty_cluster_policy_reported():
     assert km.reseeds_
     assert np.abs(km.cluster_centers_).max() < 20  # moved onto data, not left far or at 0
     assert len(np.unique(km.labels_)) == 3
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_label_margin_is_a_lower_bound_of_the_true_one(dtype):
+    from daskem.kernels.estep import KMeansKernelParams, kmeans_chunk_stats
+
+    rng = np.random.default_rng(4)
+    X = (rng.normal(size=(3000, 6)) + 100.0).astype(dtype)  # far from the origin
+    centers = X[:7].astype(np.float64)
+    stats = kmeans_chunk_stats(X, None, 0, KMeansKernelParams.build(centers, dtype))
+    c = centers.astype(dtype).astype(np.float64)
+    dist = np.sqrt(((X.astype(np.float64)[:, None, :] - c[None]) ** 2).sum(-1))
+    two = np.sort(dist, axis=1)[:, :2]
+    true = float((two[:, 1] - two[:, 0]).min())
+    assert stats.margin <= true
+    assert stats.margin >= true - (1e-3 if dtype == np.float32 else 1e-8)
+
+
+def test_tol_zero_stops_when_no_label_changes_as_scikit_learn_does():
+    """A pass that moves no label is a fixed point: the fit stops there (scikit-learn's
+    strict convergence), and the inertia follows from that pass without another."""
+    X = np.random.default_rng(0).normal(size=(5000, 10))
+    init = X[:5]
+    ours = KMeans(5, n_init=1, tol=0, init=init).fit(X)
+    ref = SkKMeans(5, n_init=1, tol=0, init=init).fit(X)
+    assert ours.converged_ and ours.n_iter_ == ref.n_iter_ < 300
+    assert "score" not in ours.passes_  # no pass for the final inertia
+    assert ours.inertia_ == pytest.approx(ref.inertia_, rel=1e-12)
+    np.testing.assert_allclose(ours.cluster_centers_, ref.cluster_centers_, atol=1e-12)
+    np.testing.assert_array_equal(ours.labels_, ref.labels_)

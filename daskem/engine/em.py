@@ -26,7 +26,13 @@ from daskem.kernels.estep import (
     gaussian_chunk_stats,
     kmeans_chunk_stats,
 )
-from daskem.kernels.mstep import GaussianParams, Reseed, gaussian_m_step, kmeans_m_step
+from daskem.kernels.mstep import (
+    GaussianParams,
+    Reseed,
+    gaussian_m_step,
+    kmeans_labels_stable,
+    kmeans_m_step,
+)
 from daskem.kernels.stats import Stats, reshift
 
 
@@ -91,7 +97,8 @@ class GaussianFamily:
                 "increase reg_covar or scale the input data")
         return lower_bound
 
-    def converged(self, state: EMState, objective: float, old_params, new_params) -> bool:
+    def converged(self, state: EMState, objective: float, old_params, new_params,
+                  stats: Stats | None = None) -> bool:
         previous = state.objectives[-1] if state.objectives else -np.inf
         return abs(objective - previous) < self.tol
 
@@ -123,10 +130,16 @@ class KMeansFamily:
     def objective(stats: Stats, n_iter: int) -> float:
         return float(stats.objective)
 
-    def converged(self, state: EMState, objective: float, old_params, new_params) -> bool:
-        """The centers moved by at most ``tol`` (squared, summed)."""
+    def converged(self, state: EMState, objective: float, old_params, new_params,
+                  stats: Stats | None = None) -> bool:
+        """The centers moved by at most ``tol`` (squared, summed), or (given the pass's
+        ``stats``, computed at ``old_params``) so little that no label can change: a fixed
+        point, whatever ``tol`` is."""
         old = np.asarray(old_params, dtype=np.float64)
-        return float(((np.asarray(new_params) - old) ** 2).sum()) <= self.tol
+        if float(((np.asarray(new_params) - old) ** 2).sum()) <= self.tol:
+            return True
+        return stats is not None and kmeans_labels_stable(stats, old, new_params,
+                                                          np.asarray(old_params).dtype)
 
     def update(self, state: EMState, stats: Stats, kparams: KMeansKernelParams) -> EMState:
         return _update(self, state, stats, kparams)
@@ -164,8 +177,9 @@ class WithFixed:
     def objective(self, stats: Stats, n_iter: int) -> float:
         return self.family.objective(stats, n_iter)
 
-    def converged(self, state: EMState, objective: float, old_params, new_params) -> bool:
-        return self.family.converged(state, objective, old_params, new_params)
+    def converged(self, state: EMState, objective: float, old_params, new_params,
+                  stats: Stats | None = None) -> bool:
+        return self.family.converged(state, objective, old_params, new_params, stats)
 
     def update(self, state: EMState, stats: Stats, kparams) -> EMState:
         return _update(self, state, stats, kparams)
@@ -177,8 +191,14 @@ def _update(family, state: EMState, stats: Stats, kparams) -> EMState:
     shift = family.stats_shift(kparams)
     total = _total(family, stats, shift)
     params, events = family.m_step(total, kparams)
-    converged = family.converged(state, objective, shift, params)
+    converged = family.converged(state, objective, kparams_centers(kparams, shift), params,
+                                 total)
     return _advance(state, params, objective, converged, events, last=(shift, total))
+
+
+def kparams_centers(kparams, shift: np.ndarray) -> np.ndarray:
+    """The centers a k-means pass ran with, in the data's dtype (the shift, for mixtures)."""
+    return kparams.centers if isinstance(kparams, KMeansKernelParams) else shift
 
 
 def _total(family, stats: Stats, shift: np.ndarray) -> Stats:

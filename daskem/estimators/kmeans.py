@@ -27,6 +27,7 @@ from daskem.estimators.base import (
     with_fixed,
 )
 from daskem.kernels.estep import KMeansKernelParams, kmeans_labels, squared_distances
+from daskem.kernels.mstep import kmeans_inertia_after, kmeans_labels_stable
 from daskem.kernels.random import spawn_seeds
 
 INITS = ("k-means||", "k-means++", "random")
@@ -38,6 +39,18 @@ def _labels(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
 
 def _distances(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
     return np.sqrt(squared_distances(x, centers))
+
+
+def _settled(state: EMState, dtype) -> tuple[float, np.ndarray] | None:
+    """``(inertia, cluster weights)`` at the final centers without a pass, when the last
+    pass proved that no label changes (its margin; no cluster re-seeded): the inertia then
+    follows from that pass's statistics. ``None`` when a final pass is needed."""
+    if not state.last or any(it == state.n_iter for it, _ in state.events):
+        return None
+    old, stats = state.last
+    if stats.margin == np.inf or not kmeans_labels_stable(stats, old, state.params, dtype):
+        return None
+    return kmeans_inertia_after(stats, old, state.params), stats.nk
 
 
 class KMeans(ParamsMixin):
@@ -160,15 +173,21 @@ class KMeans(ParamsMixin):
                             split_every=self.split_every, checkpoint=checkpoint,
                             n_blocks=blocks_of(self.update, self.n_blocks),
                             callback=callback or (self._report if self.verbose else None))
-        # The inertia of the final centers: one more E-step pass, for every restart that
-        # ran over the data.
         ran = [i for i, s in enumerate(states) if not s.dropped]
-        kparams = [family.kernel_params(states[i].params, data.dtype, far=False) for i in ran]
-        final = evaluate(data, [family.kernel] * len(ran), kparams, phase="final",
-                         label="final", split_every=self.split_every)
-        chosen = int(np.argmin([st.objective for st in final]))
+        # (Holding earlier rows fixed, the last statistics count those rows too.)
+        final = [None if getattr(self, "_fixed_stats", None) else
+                 _settled(states[i], data.dtype) for i in ran]
+        if any(f is None for f in final):
+            # The inertia of the final centers (scikit-learn's inertia_): one more E-step
+            # pass, for every restart that ran over the data.
+            kparams = [family.kernel_params(states[i].params, data.dtype, far=False)
+                       for i in ran]
+            final = [(st.objective, st.nk) for st in evaluate(
+                data, [family.kernel] * len(ran), kparams, phase="final", label="final",
+                split_every=self.split_every)]
+        chosen = int(np.argmin([inertia for inertia, _ in final]))
         state = states[ran[chosen]]
-        self._set_state(state, float(final[chosen].objective), data.n_features)
+        self._set_state(state, float(final[chosen][0]), data.n_features)
         self._set_passes(data.passes)
         self.restarts_ = restart_records(states)
         self.labels_ = self.predict(X)
@@ -176,7 +195,7 @@ class KMeans(ParamsMixin):
             warnings.warn(f"{len(state.events)} empty cluster(s) were moved onto the farthest "
                           "rows during the fit (see reseeds_)", ClusterPolicyWarning,
                           stacklevel=3)
-        distinct = int(np.count_nonzero(final[chosen].nk > 0))
+        distinct = int(np.count_nonzero(final[chosen][1] > 0))
         if distinct < self.n_clusters:
             warnings.warn(f"Number of distinct clusters ({distinct}) found smaller than "
                           f"n_clusters ({self.n_clusters}). Possibly due to duplicate points "

@@ -380,6 +380,29 @@ def _kmeans_labels_block(xb: np.ndarray, p: KMeansKernelParams, ws) -> np.ndarra
     return scores.argmin(axis=1)
 
 
+def _label_margin(scores: np.ndarray, dist_sq: np.ndarray, augmented: np.ndarray,
+                  p: KMeansKernelParams) -> float:
+    """A lower bound over the block's rows of ‖x − c_2nd‖ − ‖x − c_nearest‖.
+
+    ``scores`` are ‖c − s‖² − 2 (x − s)·(c − s) = ‖x − c‖² − ‖x − s‖², so the gap between
+    the two smallest is d₂² − d₁², less a bound on its rounding (the GEMM in the data's
+    dtype); d₂ − d₁ = gap / (d₂ + d₁).
+    """
+    k = scores.shape[1]
+    if k < 2 or scores.shape[0] == 0:
+        return np.inf
+    two = np.partition(scores, 1, axis=1)[:, :2].astype(np.float64)
+    gap = two[:, 1] - two[:, 0]
+    d = augmented.shape[1] - 1
+    eps = float(np.finfo(scores.dtype).eps)
+    x_norm = np.einsum("ij,ij->i", augmented[:, :d], augmented[:, :d]).astype(np.float64)
+    reach = float(p.scorer[-1].astype(np.float64).max())  # max ‖c − s‖²
+    gap -= 4.0 * (d + 2) * eps * (x_norm + reach)
+    d1 = np.sqrt(dist_sq)
+    margin = gap / (np.sqrt(dist_sq + np.maximum(gap, 0.0)) + d1 + 1e-300)
+    return float(margin.min())
+
+
 def kmeans_labels(x: np.ndarray, p: KMeansKernelParams) -> np.ndarray:
     n, d = x.shape
     out = np.empty(n, dtype=np.int64)
@@ -444,6 +467,9 @@ def kmeans_chunk_stats(x: np.ndarray, w: np.ndarray | None, offset: int,
         np.take(p.centers, labels, axis=0, out=resid, mode="clip")
         np.subtract(xb, resid, out=resid)
         dist_sq = np.einsum("ij,ij->i", resid, resid).astype(np.float64)
+        if ctype is None:
+            stats.margin = min(stats.margin, _label_margin(ws.scores[:b], dist_sq,
+                                                           ws.augmented[:b], p))
         stats.weight_sum += float(b) if wb is None else float(wb.sum())
         stats.objective += float(dist_sq.sum()) if wb is None else float(dist_sq @ wb)
         onehot_t = _onehot_t(labels, k, wb, x.dtype)

@@ -74,6 +74,23 @@ def kmeans_m_step(stats: Stats, shift: np.ndarray) -> tuple[np.ndarray, list[Res
     return centers, events
 
 
+def kmeans_labels_stable(stats: Stats, old: np.ndarray, new: np.ndarray, dtype) -> bool:
+    """Whether no row would change cluster from the centers ``old`` (those the statistics
+    were computed with, already in the data's ``dtype``) to ``new``: true when no center
+    moves by half the statistics' margin (by the triangle inequality, a row's distances
+    change by at most the movement of each center)."""
+    old = np.asarray(old, dtype=np.float64)
+    moved = np.asarray(new, dtype=np.float64).astype(dtype).astype(np.float64) - old
+    return bool(2.0 * np.sqrt((moved**2).sum(axis=1)).max() < stats.margin)
+
+
+def kmeans_inertia_after(stats: Stats, old: np.ndarray, new: np.ndarray) -> float:
+    """The inertia at the new centers (each its cluster's mean) with the same labels:
+    Σ w‖x − c_old‖² = Σ w‖x − c_new‖² + n_k ‖c_new − c_old‖² per cluster."""
+    moved = np.asarray(new, dtype=np.float64) - np.asarray(old, dtype=np.float64)
+    return float(stats.objective - stats.nk @ (moved**2).sum(axis=1))
+
+
 def _covariances(stats: Stats, nk: np.ndarray, delta: np.ndarray, covariance_type: str,
                  reg_covar: float) -> np.ndarray:
     """Covariances around the new means from shifted statistics.

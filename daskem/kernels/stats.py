@@ -124,6 +124,10 @@ class Stats:
     n_samples: int
     n_nonfinite: int
     far: FarPoints = field(repr=False)
+    # k-means: a lower bound, over the rows, of (distance to the second-nearest center −
+    # distance to the nearest). If no center then moves by more than half of it, no label
+    # changes (see kmeans_labels_stable); +inf for mixtures and no rows.
+    margin: float = np.inf
 
     @classmethod
     def zeros(cls, n_components: int, n_features: int, s2_shape: tuple | None,
@@ -149,6 +153,7 @@ class Stats:
             n_samples=self.n_samples + other.n_samples,
             n_nonfinite=self.n_nonfinite + other.n_nonfinite,
             far=self.far.merge(other.far),
+            margin=min(self.margin, other.margin),
         )
 
 
@@ -193,7 +198,8 @@ def reshift(stats: Stats, old: np.ndarray, new: np.ndarray) -> Stats:
                   + nk[:, None] * delta[:, iu] * delta[:, ju])
     return Stats(nk=nk, s1=stats.s1 + nk[:, None] * delta, s2=s2,
                  objective=stats.objective, weight_sum=stats.weight_sum,
-                 n_samples=stats.n_samples, n_nonfinite=stats.n_nonfinite, far=stats.far)
+                 n_samples=stats.n_samples, n_nonfinite=stats.n_nonfinite, far=stats.far,
+                 margin=stats.margin)
 
 
 def stack_stats(items: list[Stats]) -> dict[str, np.ndarray]:
@@ -204,8 +210,8 @@ def stack_stats(items: list[Stats]) -> dict[str, np.ndarray]:
     out = {
         "nk": np.stack([st.nk for st in items]),
         "s1": np.stack([st.s1 for st in items]),
-        "scalars": np.array([[st.objective, st.weight_sum, st.n_samples, st.n_nonfinite]
-                             for st in items], dtype=np.float64),
+        "scalars": np.array([[st.objective, st.weight_sum, st.n_samples, st.n_nonfinite,
+                              st.margin] for st in items], dtype=np.float64),
         "far_count": np.array([len(st.far.score) for st in items], dtype=np.int64),
         "far_capacity": np.array([st.far.capacity for st in items], dtype=np.int64),
         "far_score": np.zeros((len(items), cap)),
@@ -228,12 +234,13 @@ def unstack_stats(arrays: dict[str, np.ndarray]) -> list[Stats]:
     items = []
     for b in range(arrays["nk"].shape[0]):
         m = int(arrays["far_count"][b])
-        objective, weight_sum, n_samples, n_nonfinite = arrays["scalars"][b]
+        objective, weight_sum, n_samples, n_nonfinite, margin = arrays["scalars"][b]
         far = FarPoints(*(np.asarray(arrays[f"far_{name}"][b, :m])
                           for name in ("score", "index", "x", "label", "weight")),
                         capacity=int(arrays["far_capacity"][b]))
         items.append(Stats(nk=np.asarray(arrays["nk"][b]), s1=np.asarray(arrays["s1"][b]),
                            s2=np.asarray(arrays["s2"][b]) if "s2" in arrays else None,
                            objective=float(objective), weight_sum=float(weight_sum),
-                           n_samples=int(n_samples), n_nonfinite=int(n_nonfinite), far=far))
+                           n_samples=int(n_samples), n_nonfinite=int(n_nonfinite), far=far,
+                           margin=float(margin)))
     return items
