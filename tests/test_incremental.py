@@ -168,9 +168,10 @@ def test_fewer_passes_than_batch_from_a_poor_start():
     X = make_blobs(12000, 4, 6, seed=8, spread=2.5)
     means0 = X[:6]
     with quiet():
-        batch = GaussianMixture(6, means_init=means0, tol=1e-4, max_iter=500,
+        batch = GaussianMixture(6, means_init=means0, tol=1e-4, max_iter=500, random_state=0,
                                 chunk_rows=250).fit(X)
-        inc = GaussianMixture(6, means_init=means0, tol=1e-4, max_iter=500, chunk_rows=250,
+        inc = GaussianMixture(6, means_init=means0, tol=1e-4, max_iter=500, random_state=0,
+                              chunk_rows=250,
                               update="incremental", n_blocks=12).fit(X)
     assert inc.passes_["em"] < batch.passes_["em"]
     assert inc.score(X) >= batch.score(X) - 1e-3

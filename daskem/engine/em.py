@@ -402,8 +402,10 @@ def _sweep(data, families, states, models, blocks, *, phase, label, split_every)
         objective = family.objective(total, state.n_iter + 1)
         converged = not events[i] and family.converged(state, objective, state.params,
                                                        params[i])
+        # The blocks' labels came from different centers: no margin holds for the sum.
+        last = replace(_total(family, total, reference), margin=np.inf)
         states[i] = replace(_advance(state, params[i], objective, converged, events[i],
-                                     last=(reference, _total(family, total, reference))),
+                                     last=(reference, last)),
                             blocks=() if events[i] else tuple(kept[i]))
 
 

@@ -73,8 +73,8 @@ class KMeans(ParamsMixin):
     max_iter : int, default 300
     tol : float, default 1e-4
         Relative tolerance: stop when the squared movement of the centers, summed, is at
-        most ``tol`` times the mean per-feature variance of the data (scikit-learn's rule).
-        A pass in which no label changes moves no center, so it also stops the fit.
+        most ``tol`` times the mean per-feature variance of the data (scikit-learn's rule),
+        or when no label can change any more (below).
     random_state : int, Generator or None
     oversampling_factor : float, default 2
         k-means||: expected candidates per round, as a multiple of ``n_clusters``.
@@ -87,10 +87,26 @@ class KMeans(ParamsMixin):
         Fan-in of the tree reduction of per-chunk statistics.
     chunk_rows : int, optional
         Rows per chunk (NumPy input is cut into ~32 MiB chunks; Dask input keeps its own).
+    update : {"batch", "incremental"}, default "batch"
+        When the M-step runs. ``"batch"``: after every pass over the data, as scikit-learn
+        does. ``"incremental"``: after every block of chunks, that block's statistics from
+        the previous pass replaced by its new ones (Neal & Hinton 1998): the same fixed
+        points in fewer passes when convergence is slow (from a poor start, or on
+        overlapping clusters), at ``n_blocks`` round trips to the scheduler per pass. An
+        iteration is then a pass, its objective the sum of the blocks' objectives; data
+        with too few chunks for two blocks are fitted in batch.
+    n_blocks : int, default 16
+        Blocks of chunks per pass for ``update="incremental"`` (each block at least 4
+        chunks: a block's chunks are its parallelism).
 
     Empty clusters are moved onto the rows farthest from their own centers, which leave the
     clusters they were in (as scikit-learn does); each move is recorded in ``reseeds_`` and
     reported with a :class:`~daskem.errors.ClusterPolicyWarning`.
+
+    A pass whose centers move by less than half the smallest gap between any row's
+    nearest and second-nearest center (rounding bounded) cannot change a label: the fit
+    stops there whatever ``tol`` is, and ``inertia_`` follows from that pass; otherwise
+    one more pass computes ``inertia_`` at the final centers.
 
     For a Dask input, ``labels_`` and every per-sample result are lazy Dask arrays.
     ``inertia_history_`` holds the inertia of the centers each iteration started from.

@@ -88,8 +88,9 @@ default "kmeans"
         over the data; the others are recorded in ``restarts_``. ``"k-means||"`` seeds
         over the whole data (k-means|| and Lloyd in passes, then the hard clusters of all
         rows) and runs every restart to the end, as scikit-learn does.
-    sample_size, split_every, chunk_rows
-        As for :class:`daskem.KMeans`.
+    sample_size, split_every, chunk_rows, update, n_blocks
+        As for :class:`daskem.KMeans` (``update="incremental"``: incremental EM, an
+        M-step after every block of chunks).
 
     A component whose total responsibility falls below one average sample's weight has
     collapsed: it is re-seeded at the row the model explains worst, with the average
