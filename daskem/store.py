@@ -38,7 +38,7 @@ import numpy as np
 from daskem.engine.em import EMState
 from daskem.errors import DaskemError, DaskemWarning, storage_errors
 from daskem.kernels.mstep import GaussianParams, Reseed
-from daskem.kernels.stats import stack_stats, unstack_stats
+from daskem.kernels.stats import pack_stats, unpack_stats
 
 # The pointer is a Zarr group of its own whose metadata document daskem writes atomically;
 # its attributes name the newest complete checkpoint.
@@ -107,35 +107,19 @@ def _state_arrays(state: EMState) -> dict[str, np.ndarray]:
 
 
 def stats_arrays(prefix: str, items) -> dict[str, np.ndarray]:
-    """``(shift, Stats)`` pairs as arrays named ``<prefix>_shift``, ``<prefix>_nk``, ..."""
-    if not items:
-        return {}
-    stacked = stack_stats([stats for _, stats in items])
-    out = {f"{prefix}_shift": np.stack([shift for shift, _ in items])}
-    out.update({f"{prefix}_{name}": stacked[name] for name in sorted(stacked)})
-    return out
+    """``(shift, Stats)`` pairs as one array named ``prefix`` (none if there are none)."""
+    return {prefix: pack_stats(list(items))} if items else {}
 
 
 def stats_from(prefix: str, arrays: dict[str, np.ndarray]) -> tuple:
     """Inverse of :func:`stats_arrays` (``()`` if there are none)."""
-    if f"{prefix}_shift" not in arrays:
-        return ()
-    start = len(prefix) + 1
-    stats = unstack_stats({name[start:]: value for name, value in arrays.items()
-                           if name.startswith(f"{prefix}_")})
-    return tuple(zip(arrays[f"{prefix}_shift"], stats, strict=True))
+    return unpack_stats(arrays[prefix]) if prefix in arrays else ()
 
 
 def _state_keys(group) -> list[str]:
     """The names of a stored state's arrays, in the order :func:`_state_arrays` gives."""
     keys = ["centers"] if "centers" in group else list(GAUSSIAN_ARRAYS)
-    names = set(group.array_keys())
-    for prefix in ("block", "last"):
-        if f"{prefix}_shift" in names:
-            keys.append(f"{prefix}_shift")
-            keys.extend(sorted(n for n in names if n.startswith(f"{prefix}_")
-                               and n != f"{prefix}_shift"))
-    return keys
+    return keys + [name for name in ("block", "last") if name in group]
 
 
 def _state_attrs(state: EMState) -> dict:

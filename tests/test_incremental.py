@@ -16,7 +16,7 @@ from daskem import ConvergenceWarning, GaussianMixture, KMeans
 from daskem.engine.data import MIN_BLOCK_CHUNKS, as_chunked
 from daskem.kernels.estep import GaussianKernelParams, gaussian_chunk_stats, responsibilities
 from daskem.kernels.gaussian import compute_precision_cholesky
-from daskem.kernels.stats import reshift, stack_stats, unstack_stats
+from daskem.kernels.stats import pack_stats, reshift, unpack_stats
 from daskem.store import RunStore
 
 
@@ -62,9 +62,12 @@ def test_stacked_statistics_round_trip(X):
                                                                "full"), "full",
                                     far_capacity=4)
     items = [gaussian_chunk_stats(X[a:a + 500], None, a, kp) for a in (0, 500, 1000)]
-    back = unstack_stats(stack_stats(items))
-    for a, b in zip(items, back, strict=True):
-        for name in ("nk", "s1", "s2", "objective", "weight_sum", "n_samples"):
+    shifts = [kp.shift + j for j in range(3)]
+    back = unpack_stats(pack_stats(list(zip(shifts, items, strict=True))))
+    for shift, (shift_back, _) in zip(shifts, back, strict=True):
+        np.testing.assert_array_equal(shift, shift_back)
+    for a, (_, b) in zip(items, back, strict=True):
+        for name in ("nk", "s1", "s2", "objective", "weight_sum", "n_samples", "margin"):
             np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
         for name in ("score", "index", "x", "label", "weight"):
             np.testing.assert_array_equal(getattr(a.far, name), getattr(b.far, name))

@@ -20,6 +20,7 @@ from test_cli import run_cli, write_config
 from test_job_faults import error_line
 
 from daskem import GaussianMixture, KMeans, select_mixture
+from daskem.kernels.stats import unpack_stats
 from daskem.store import RunStore
 
 pytestmark = pytest.mark.distributed
@@ -181,8 +182,8 @@ def test_warm_start_on_new_rows_reads_only_them_and_fits_all(tmp_path, small_sto
     # One iteration by hand: day 1's stored statistics (raw sums, from their shift) plus
     # the new rows' sums under day 1's model (scipy densities), then the M-step.
     kind, m1, _ = RunStore(str(first)).read_model()
-    shift = m1["stats_shift"][0]
-    nk0, s1, packed = m1["stats_nk"][0], m1["stats_s1"][0], m1["stats_s2"][0]
+    ((shift, stored),) = unpack_stats(m1["stats"])
+    nk0, s1, packed = stored.nk, stored.s1, stored.s2
     iu, ju = np.triu_indices(4)
     s2 = np.zeros((3, 4, 4))
     s2[:, iu, ju] = packed

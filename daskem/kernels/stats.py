@@ -202,45 +202,55 @@ def reshift(stats: Stats, old: np.ndarray, new: np.ndarray) -> Stats:
                  margin=stats.margin)
 
 
-def stack_stats(items: list[Stats]) -> dict[str, np.ndarray]:
-    """Statistics of several blocks as a few stacked arrays (for a checkpoint); the far
-    points are padded to their capacity, ``far_count`` says how many are real."""
-    k, d = items[0].s1.shape
-    cap = max(st.far.capacity for st in items)
-    out = {
-        "nk": np.stack([st.nk for st in items]),
-        "s1": np.stack([st.s1 for st in items]),
-        "scalars": np.array([[st.objective, st.weight_sum, st.n_samples, st.n_nonfinite,
-                              st.margin] for st in items], dtype=np.float64),
-        "far_count": np.array([len(st.far.score) for st in items], dtype=np.int64),
-        "far_capacity": np.array([st.far.capacity for st in items], dtype=np.int64),
-        "far_score": np.zeros((len(items), cap)),
-        "far_index": np.zeros((len(items), cap), dtype=np.int64),
-        "far_x": np.zeros((len(items), cap, d)),
-        "far_label": np.zeros((len(items), cap), dtype=np.int64),
-        "far_weight": np.zeros((len(items), cap)),
-    }
-    if items[0].s2 is not None:
-        out["s2"] = np.stack([st.s2 for st in items])
-    for b, st in enumerate(items):
+def pack_stats(items) -> np.ndarray:
+    """``(shift, Stats)`` pairs as one flat float64 array (one array per checkpoint, not
+    a dozen: a checkpoint on an object store costs a request per array). Row indices and
+    labels are stored as floats, exact below 2**53; far points are padded to capacity.
+    """
+    shift0, first = items[0]
+    k, d = first.s1.shape
+    s2 = first.s2
+    s2_width = -1 if s2 is None else (0 if s2.ndim == 1 else s2.shape[1])
+    shift_rows = 1 if np.ndim(shift0) == 1 else k
+    cap = max(st.far.capacity for _, st in items)
+    parts = [np.array([1.0, len(items), k, d, shift_rows, s2_width, cap])]
+    for shift, st in items:
         m = len(st.far.score)
-        for name in ("score", "index", "x", "label", "weight"):
-            out[f"far_{name}"][b, :m] = getattr(st.far, name)
-    return out
+        far = np.zeros((cap, d + 4))
+        far[:m, 0], far[:m, 1], far[:m, 2] = st.far.score, st.far.index, st.far.label
+        far[:m, 3], far[:m, 4:] = st.far.weight, st.far.x
+        parts += [np.ravel(shift), st.nk, np.ravel(st.s1),
+                  np.empty(0) if st.s2 is None else np.ravel(st.s2),
+                  np.array([st.objective, st.weight_sum, st.n_samples, st.n_nonfinite,
+                            st.margin, m, st.far.capacity]), np.ravel(far)]
+    return np.concatenate([np.asarray(p, dtype=np.float64) for p in parts])
 
 
-def unstack_stats(arrays: dict[str, np.ndarray]) -> list[Stats]:
-    """Inverse of :func:`stack_stats`."""
+def unpack_stats(flat: np.ndarray) -> tuple:
+    """Inverse of :func:`pack_stats`: a tuple of ``(shift, Stats)`` pairs."""
+    version, n, k, d, shift_rows, s2_width, cap = (int(v) for v in flat[:7])
+    if version != 1:
+        raise ValueError(f"unknown layout {version} of packed statistics")
+    pos = 7
+
+    def take(count, shape):
+        nonlocal pos
+        out = np.array(flat[pos:pos + count]).reshape(shape)
+        pos += count
+        return out
+
     items = []
-    for b in range(arrays["nk"].shape[0]):
-        m = int(arrays["far_count"][b])
-        objective, weight_sum, n_samples, n_nonfinite, margin = arrays["scalars"][b]
-        far = FarPoints(*(np.asarray(arrays[f"far_{name}"][b, :m])
-                          for name in ("score", "index", "x", "label", "weight")),
-                        capacity=int(arrays["far_capacity"][b]))
-        items.append(Stats(nk=np.asarray(arrays["nk"][b]), s1=np.asarray(arrays["s1"][b]),
-                           s2=np.asarray(arrays["s2"][b]) if "s2" in arrays else None,
-                           objective=float(objective), weight_sum=float(weight_sum),
-                           n_samples=int(n_samples), n_nonfinite=int(n_nonfinite), far=far,
-                           margin=float(margin)))
-    return items
+    for _ in range(n):
+        shift = take(shift_rows * d, (d,) if shift_rows == 1 else (k, d))
+        nk, s1 = take(k, (k,)), take(k * d, (k, d))
+        s2 = (None if s2_width < 0 else take(k, (k,)) if s2_width == 0
+              else take(k * s2_width, (k, s2_width)))
+        objective, weight_sum, n_samples, n_nonfinite, margin, m, capacity = take(7, (7,))
+        far = take(cap * (d + 4), (cap, d + 4))[:int(m)]
+        items.append((shift, Stats(
+            nk=nk, s1=s1, s2=s2, objective=float(objective), weight_sum=float(weight_sum),
+            n_samples=int(n_samples), n_nonfinite=int(n_nonfinite), margin=float(margin),
+            far=FarPoints(score=far[:, 0], index=far[:, 1].astype(np.int64),
+                          x=far[:, 4:], label=far[:, 2].astype(np.int64),
+                          weight=far[:, 3], capacity=int(capacity)))))
+    return tuple(items)
