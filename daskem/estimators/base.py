@@ -155,6 +155,16 @@ def blocks_of(update: str, n_blocks: int) -> int:
     return int(n_blocks) if update == "incremental" else 1
 
 
+def batch_rows(estimator, X, sample_weight, n_features: int | None):
+    """A ``partial_fit`` batch as row-chunks, its feature count checked against the
+    fitted model's (``n_features``; ``None`` before the first batch)."""
+    data = as_chunked(X, sample_weight, chunk_rows=estimator.chunk_rows)
+    if n_features is not None and data.n_features != n_features:
+        raise DataError(f"X has {data.n_features} features, but {type(estimator).__name__} "
+                        f"was fitted with {n_features} features")
+    return data
+
+
 def with_fixed(estimator, family):
     """``family``, or, when the estimator was given the statistics of rows fitted before
     (``_fixed_stats``, ``(shift, Stats)``: what ``daskem run`` does for a warm start that

@@ -10,11 +10,13 @@ from daskem.engine.data import as_chunked
 from daskem.engine.em import EMState, KMeansFamily, evaluate, fit_states
 from daskem.engine.reduce import DEFAULT_SPLIT_EVERY, in_span
 from daskem.engine.seeding import choose_on_sample, kmeans_centers
+from daskem.engine.stepwise import kmeans_step
 from daskem.errors import ClusterPolicyWarning, ConvergenceWarning, ParameterError
 from daskem.estimators.base import (
     DEFAULT_BLOCKS,
     UPDATES,
     ParamsMixin,
+    batch_rows,
     blocks_of,
     check_array_shape,
     check_choice,
@@ -231,6 +233,61 @@ class KMeans(ParamsMixin):
     def _report(self, n_pass: int, states) -> None:
         inertia = min(s.objectives[-1] for s in states if s.objectives)
         print(f"[daskem KMeans] pass {n_pass}: best inertia {inertia:.6g}", flush=True)
+
+    def partial_fit(self, X, y=None, sample_weight=None):
+        """Update the centers with one batch of rows: mini-batch k-means (one pass).
+
+        As scikit-learn's ``MiniBatchKMeans.partial_fit`` (without its random
+        reassignment of small clusters): every center keeps the weight of all rows
+        assigned to it so far and moves to the weighted mean of its old position and its
+        batch rows (:mod:`daskem.engine.stepwise`). The first call on an unfitted model
+        seeds the centers from that batch (``init``; its sample for k-means++ and random)
+        with weight zero; a model fitted by ``fit`` starts with its clusters' weights from
+        the fit's last pass. ``inertia_`` is then the batch's inertia under the centers
+        before its step; ``n_steps_`` counts the batches.
+        """
+        n_init = self._check_params()
+        fitted = hasattr(self, "cluster_centers_")
+        data = batch_rows(self, X, sample_weight, self.n_features_in_ if fitted else None)
+        if not fitted:
+            centers = self._batch_centers(X, sample_weight, n_init, data.n_features)
+            counts = np.zeros(self.n_clusters)
+            self.n_steps_ = 0
+        else:
+            centers = self.cluster_centers_
+            counts = getattr(self, "_counts", None)
+            if counts is None:
+                last = getattr(self, "_fit_stats", ())
+                counts = last[1].nk.copy() if last else np.zeros(self.n_clusters)
+        kparams = KMeansKernelParams.build(centers, data.dtype)
+        (stats,) = evaluate(data, [KMeansFamily.kernel], [kparams], label="partial",
+                            split_every=self.split_every)
+        self.cluster_centers_, self._counts = kmeans_step(
+            centers, counts, stats, kparams.centers.astype(np.float64))
+        self.inertia_ = float(stats.objective)
+        self.n_features_in_ = data.n_features
+        self.n_steps_ = getattr(self, "n_steps_", 0) + 1
+        self._set_passes(data.passes)
+        return self
+
+    def _batch_centers(self, X, sample_weight, n_init: int, n_features: int) -> np.ndarray:
+        """The first batch's seeding, as ``fit`` seeds (the best of ``n_init`` on the
+        batch's sample)."""
+        if not isinstance(self.init, str):
+            return check_array_shape("init", self.init, (self.n_clusters, n_features))
+        rng = master_rng(self.random_state)
+        data, summary = start_fit(X, sample_weight, n_components=self.n_clusters,
+                                  what="n_clusters", chunk_rows=self.chunk_rows,
+                                  sample_size=self.sample_size, rng=rng,
+                                  split_every=self.split_every)
+        family = KMeansFamily(self.tol * float(np.mean(summary.variance)))
+        seeds = spawn_seeds(rng, n_init)
+        centers = kmeans_centers(data, summary, self.n_clusters, seeds, self.init,
+                                 split_every=self.split_every)
+        states = choose_on_sample(summary, [family] * len(centers),
+                                  [EMState(c) for c in centers], [0] * len(centers),
+                                  maximise=False)
+        return next(s.params for s in states if not s.dropped)
 
     def fit_predict(self, X, y=None, sample_weight=None):
         return self.fit(X, sample_weight=sample_weight).labels_

@@ -10,11 +10,13 @@ from daskem.engine.data import as_chunked
 from daskem.engine.em import EMState, GaussianFamily, best_index, evaluate, fit_states
 from daskem.engine.reduce import DEFAULT_SPLIT_EVERY, in_span
 from daskem.engine.seeding import MixtureStart, choose_on_sample, initial_mixtures
+from daskem.engine.stepwise import Running, mixture_step
 from daskem.errors import ClusterPolicyWarning, ConvergenceWarning, DataError, ParameterError
 from daskem.estimators.base import (
     DEFAULT_BLOCKS,
     UPDATES,
     ParamsMixin,
+    batch_rows,
     blocks_of,
     check_array_shape,
     check_choice,
@@ -284,6 +286,49 @@ default "kmeans"
                               self.covariances_, self.precisions_cholesky_)
 
     # ------------------------------------------------------------------ per sample
+
+    def partial_fit(self, X, y=None, sample_weight=None):
+        """Update the model with one batch of rows by stepwise EM (one pass over the batch).
+
+        The first call on an unfitted model fits that batch (``fit``); a call on a model
+        fitted by ``fit`` (or loaded from a run store) continues from it, its running
+        statistics starting as those of the fit's last M-step. Each later batch's
+        statistics, under the current parameters and per unit of weight, are mixed into
+        the running ones with weight η_t = (t + 2)^−0.6 (t = 0, 1, ... for the batches
+        after the fit; :mod:`daskem.engine.stepwise`), and the M-step runs on the mix:
+        recent batches count more, and on a stationary stream the model settles on the
+        batch fit's optimum. After a call: ``n_steps_`` (batches, the fitted one
+        included), ``lower_bound_`` (the batch's mean log-likelihood before its step,
+        also appended to ``lower_bounds_``), ``passes_`` (of the batch); ``n_iter_`` and
+        ``converged_`` stay those of the fit that began the stream.
+        """
+        if not hasattr(self, "means_"):
+            self.fit(X, sample_weight=sample_weight)
+            self.n_steps_ = 1
+            return self
+        self._check_params()
+        data = batch_rows(self, X, sample_weight, self.n_features_in_)
+        family = self._family()
+        kparams = family.kernel_params(self._params, data.dtype)
+        (stats,) = evaluate(data, [family.kernel], [kparams], label="partial",
+                            split_every=self.split_every)
+        lower_bound = family.objective(stats, self.n_iter_)
+        running = getattr(self, "_running", None)
+        if running is None:
+            fitted = getattr(self, "_fit_stats", ()) or (family.stats_shift(kparams), stats)
+            running = Running.start(*fitted)
+        self._running, params, events = mixture_step(family, running, stats, kparams)
+        self.n_steps_ = self._running.n_steps
+        state = EMState(params, self.n_iter_, self.converged_,
+                        tuple(self.lower_bounds_) + (lower_bound,),
+                        tuple(self.reseeds_) + tuple((self.n_iter_, e) for e in events),
+                        last=getattr(self, "_fit_stats", ()))
+        self._set_state(state, self.n_features_in_)
+        self._set_passes(data.passes)
+        if events:
+            warnings.warn(f"{len(events)} collapsed component(s) were re-seeded by this "
+                          "batch (see reseeds_)", ClusterPolicyWarning, stacklevel=2)
+        return self
 
     def fit_predict(self, X, y=None, sample_weight=None):
         return self.fit(X, sample_weight=sample_weight).predict(X)
