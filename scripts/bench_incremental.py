@@ -47,12 +47,12 @@ def main(argv=None) -> int:
     parser.add_argument("--blocks", type=int, default=16)
     args = parser.parse_args(argv)
 
+    import make_feature_store as mfs
     import sklearn.cluster
     import sklearn.mixture
     import zarr
     from distributed import Client, LocalCluster
 
-    import make_feature_store as mfs
     from daskem import GaussianMixture, KMeans
     from daskem.io import ZarrRows
     from daskem.kernels.estep import GaussianKernelParams, responsibilities, squared_distances
@@ -120,7 +120,7 @@ def main(argv=None) -> int:
                             loglik(s[0].params)))
                     else:
                         est = KMeans(k, init=means0, tol=0, max_iter=budget, **common, **upd)
-                        est.fit(reader, callback=lambda _, s, v=values: v.append(
+                        est.fit(reader, callback=lambda _, s, v=values, X=X: v.append(
                             -float(squared_distances(X, s[0].params).min(axis=1).sum())))
                     curves[(kind, label)] = (np.array(values), time.perf_counter() - started)
             for kind in ("gmm", "kmeans"):
