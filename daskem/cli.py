@@ -234,6 +234,7 @@ def inspect(
                              "converged": model["converged"],
                              "objective": model.get("lower_bound", model.get("inertia")),
                              "features": model["features"],
+                             "rows_end": model.get("rows_end"),
                              "arrays": {k: list(v.shape) for k, v in arrays.items()}}
             if "weights" in arrays:
                 info["model"]["weights"] = [round(float(w), 6) for w in arrays["weights"]]
@@ -257,7 +258,10 @@ def inspect(
             print(f"model: {model['kind']}, {model['n_iter']} iterations, converged "
                   f"{model['converged']}, objective {model['objective']:.10g}")
             for name, shape in model["arrays"].items():
-                print(f"  {name}: {tuple(shape)}")
+                note = ("  (its last M-step's statistics, packed: a warm start with rows: "
+                        f"new holds them fixed; rows 0 to {model['rows_end']:,})"
+                        if name == "stats" and model["rows_end"] else "")
+                print(f"  {name}: {tuple(shape)}{note}")
             if "weights" in model:
                 print(f"  weights: {model['weights']}")
             objective = info["history"].get("objective", [])
