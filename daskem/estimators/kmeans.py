@@ -164,6 +164,7 @@ class KMeans(ParamsMixin):
         makes the fit resumable; ``callback(n_pass, states)`` is called after every pass.
         """
         n_init = self._check_params()
+        self._counts = None  # a stream of partial_fit calls starts again from this fit
         rng = master_rng(self.random_state)
         data, summary = start_fit(X, sample_weight, n_components=self.n_clusters,
                                   what="n_clusters", chunk_rows=self.chunk_rows,

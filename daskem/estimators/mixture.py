@@ -186,6 +186,7 @@ default "kmeans"
         makes the fit resumable; ``callback(n_pass, states)`` is called after every pass.
         """
         self._check_params()
+        self._running = None  # a stream of partial_fit calls starts again from this fit
         rng = master_rng(self.random_state)
         data, summary = start_fit(X, sample_weight, n_components=self.n_components,
                                   what="n_components", chunk_rows=self.chunk_rows,
