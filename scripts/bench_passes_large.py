@@ -39,6 +39,8 @@ def main() -> None:
     parser.add_argument("--gigabytes", type=float, default=6.0)
     parser.add_argument("--memory-limit", default="2GiB")
     parser.add_argument("--only", choices=["gmm", "kmeans"])
+    parser.add_argument("--skip-whole-data", action="store_true",
+                        help="leave out the whole-data initialisation (the slowest)")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     mfs = synthetic()
@@ -52,6 +54,8 @@ def main() -> None:
     n_rows -= n_rows % chunk_rows
     ways = [("whole data", {"init": "k-means||"}), ("sample", {}),
             ("sample + incremental", {"update": "incremental"})]
+    if args.skip_whole_data:
+        ways = ways[1:]
     rows = []
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       memory_limit=args.memory_limit, dashboard_address=None,
