@@ -18,6 +18,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from daskem.errors import DaskemError
+from daskem.kernels.covariance import NAMES as COVARIANCE_TYPES
+
+# The covariance types the registry knows (full, tied, diag, spherical, fixed).
+CovarianceName = Literal[COVARIANCE_TYPES]
 
 
 class ConfigError(DaskemError, ValueError):
@@ -71,7 +75,7 @@ class ModelConfig(_Section):
 
     kind: Literal["gmm", "kmeans"] = "gmm"
     n_components: int = Field(8, ge=1, description="components (gmm) or clusters (kmeans)")
-    covariance_type: Literal["full", "tied", "diag", "spherical", "fixed"] = "full"
+    covariance_type: CovarianceName = "full"
     assignment: Literal["soft", "hard"] = "soft"
     fixed_variance: float = Field(1.0, gt=0)
     init: Literal["kmeans", "k-means||", "k-means++", "random", "random_from_data"] | FromRun \
@@ -161,7 +165,7 @@ class SelectConfig(_Section):
 
     n_components: list[int] = Field(min_length=1, description="candidate numbers of "
                                     "components, e.g. [2, 3, 4, 5, 6, 7, 8, 9]")
-    covariance_types: list[Literal["full", "tied", "diag", "spherical", "fixed"]] = Field(
+    covariance_types: list[CovarianceName] = Field(
         default_factory=lambda: ["full"], min_length=1, description="candidate covariance "
         "types")
     criterion: Literal["bic", "aic"] = Field("bic", description="lower is better")

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from daskem.kernels.covariance import covariance
 from daskem.store import RunStore, format_passes, no_run_store
 
 FIGURE_DPI = 110
@@ -134,18 +135,12 @@ def _png(fig) -> bytes:
     return buffer.getvalue()
 
 
-def _covariance(estimator, k: int) -> np.ndarray | None:
+def _covariances(estimator) -> np.ndarray | None:
+    """Every component's d × d covariance (``None`` for k-means)."""
     if not hasattr(estimator, "covariances_"):
         return None
-    cov, ctype = estimator.covariances_, estimator.covariance_type
-    d = estimator.means_.shape[1]
-    if ctype == "full":
-        return cov[k]
-    if ctype == "tied":
-        return cov
-    if ctype == "diag":
-        return np.diag(cov[k])
-    return cov[k] * np.eye(d)  # spherical, fixed
+    return covariance(estimator.covariance_type).dense(
+        estimator.covariances_, estimator.n_components, estimator.means_.shape[1])
 
 
 def _centers(estimator) -> np.ndarray:
@@ -217,13 +212,13 @@ def projection_figure(run: RunSummary, estimator, labels) -> Figure:
         xy = (run.sample - mean) @ axes.T
         ax.scatter(xy[:, 0], xy[:, 1], c=[plt.cm.tab10(k % 10) for k in labels], s=4,
                    alpha=0.35, linewidths=0)
+    dense = _covariances(estimator)
     for k, c in enumerate(centers):
         cxy = (c - mean) @ axes.T
         ax.plot(cxy[0], cxy[1], marker="X", ms=10, color=plt.cm.tab10(k % 10),
                 markeredgecolor="black")
-        cov = _covariance(estimator, k)
-        if cov is not None:
-            c2 = axes @ cov @ axes.T
+        if dense is not None:
+            c2 = axes @ dense[k] @ axes.T
             vals, vecs = np.linalg.eigh(c2)
             vals = np.clip(vals, 0, None)
             angle = np.degrees(np.arctan2(vecs[1, -1], vecs[0, -1]))

@@ -27,6 +27,7 @@ from daskem.errors import DataError
 from daskem.estimators import GaussianMixture, KMeans
 from daskem.io.outputs import write_outputs
 from daskem.io.source import Source, open_source
+from daskem.kernels.covariance import covariance
 from daskem.kernels.mstep import GaussianParams
 from daskem.lease import Lease
 from daskem.stopping import Stopper
@@ -217,7 +218,7 @@ def warm_start(config: RunConfig, source: Source, warm: WarmModel | None) -> dic
                           f"from the model in {path} ({ctype!r})")
     warm = {"n_components": k, "covariance_type": ctype, "weights_init": estimator.weights_,
             "means_init": estimator.means_}
-    if ctype == "fixed":
+    if not covariance(ctype).updated:
         warm["fixed_variance"] = float(estimator.covariances_[0])
     else:
         warm["precisions_init"] = estimator.precisions_

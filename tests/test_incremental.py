@@ -14,8 +14,8 @@ from scipy.stats import multivariate_normal
 
 from daskem import ConvergenceWarning, GaussianMixture, KMeans
 from daskem.engine.data import MIN_BLOCK_CHUNKS, as_chunked
+from daskem.kernels.covariance import covariance
 from daskem.kernels.estep import GaussianKernelParams, gaussian_chunk_stats, responsibilities
-from daskem.kernels.gaussian import compute_precision_cholesky
 from daskem.kernels.stats import pack_stats, reshift, unpack_stats
 from daskem.store import RunStore
 
@@ -41,7 +41,7 @@ def test_reshift_equals_statistics_computed_around_the_other_point(ctype):
            "diag": np.full((k, 3), 2.0), "spherical": np.full(k, 2.0)}[ctype]
     means = x[:k]
     kp = GaussianKernelParams.build(np.full(k, 1 / k), means,
-                                    compute_precision_cholesky(cov, ctype), ctype)
+                                    covariance(ctype).precision_cholesky(cov), ctype)
     stats = gaussian_chunk_stats(x, None, 0, kp)
     new = kp.shift + np.array([0.3, -1.1, 0.7])
     moved = reshift(stats, kp.shift, new)
@@ -58,8 +58,8 @@ def test_reshift_equals_statistics_computed_around_the_other_point(ctype):
 
 def test_stacked_statistics_round_trip(X):
     kp = GaussianKernelParams.build(np.full(4, 0.25), X[:4],
-                                    compute_precision_cholesky(np.stack([np.eye(3)] * 4),
-                                                               "full"), "full",
+                                    covariance("full").precision_cholesky(
+                                        np.stack([np.eye(3)] * 4)), "full",
                                     far_capacity=4)
     items = [gaussian_chunk_stats(X[a:a + 500], None, a, kp) for a in (0, 500, 1000)]
     shifts = [kp.shift + j for j in range(3)]

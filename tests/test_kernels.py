@@ -9,6 +9,12 @@ from hypothesis import strategies as st
 from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 
+from daskem.kernels.covariance import (
+    covariance,
+    log_gaussian_prob,
+    pack_symmetric,
+    unpack_symmetric,
+)
 from daskem.kernels.estep import (
     GaussianKernelParams,
     KMeansKernelParams,
@@ -16,14 +22,7 @@ from daskem.kernels.estep import (
     gaussian_log_prob,
     kmeans_chunk_stats,
     kmeans_labels,
-    pack_symmetric,
     squared_distances,
-    unpack_symmetric,
-)
-from daskem.kernels.gaussian import (
-    compute_precision_cholesky,
-    covariances_from_precision_cholesky,
-    log_gaussian_prob,
 )
 from daskem.kernels.mstep import gaussian_m_step, kmeans_m_step
 from daskem.kernels.random import row_uniform
@@ -66,7 +65,7 @@ def test_log_gaussian_prob_matches_scipy(ctype):
     rng = np.random.default_rng(0)
     x = rng.normal(scale=3, size=(200, 4))
     weights, means, cov = random_params(ctype)
-    prec_chol = compute_precision_cholesky(cov, ctype)
+    prec_chol = covariance(ctype).precision_cholesky(cov)
     full = dense_cov(ctype, cov, 3, 4)
     expected = np.stack([multivariate_normal(means[k], full[k]).logpdf(x) for k in range(3)],
                         axis=1)
@@ -75,7 +74,7 @@ def test_log_gaussian_prob_matches_scipy(ctype):
     kp = GaussianKernelParams.build(weights, means, prec_chol, ctype)
     np.testing.assert_allclose(gaussian_log_prob(x, kp), expected + np.log(weights),
                                rtol=1e-12)
-    np.testing.assert_allclose(covariances_from_precision_cholesky(prec_chol, ctype), cov,
+    np.testing.assert_allclose(covariance(ctype).covariances_from_cholesky(prec_chol), cov,
                                rtol=1e-10)
 
 
@@ -90,7 +89,7 @@ def test_gaussian_chunk_stats_match_naive_loop(ctype, weighted):
     means = means + 100.0
     if ctype == "fixed":
         cov = np.full(3, 2.0)
-    prec_chol = compute_precision_cholesky(cov, ctype)
+    prec_chol = covariance(ctype).precision_cholesky(cov)
     kp = GaussianKernelParams.build(weights, means, prec_chol, ctype)
     stats = gaussian_chunk_stats(x, w, 0, kp)
     full = dense_cov(base, cov, 3, 4)
@@ -131,7 +130,7 @@ def test_m_step_matches_sklearn(ctype):
     x = rng.normal(size=(400, 3)) * [1, 2, 3] + 50
     weights, means, cov = random_params(ctype, d=3)
     means = means + 50
-    prec_chol = compute_precision_cholesky(cov, ctype)
+    prec_chol = covariance(ctype).precision_cholesky(cov)
     kp = GaussianKernelParams.build(weights, means, prec_chol, ctype)
     stats = gaussian_chunk_stats(x, None, 0, kp)
     params, events = gaussian_m_step(stats, kp.shift, ctype, 1e-6)
@@ -184,7 +183,7 @@ def test_collapsed_component_reseeded_at_worst_row():
     weights = np.array([0.5, 0.5 - 1e-300, 1e-300])
     means = np.array([[0.0, 0.0], [8.0, 8.0], [-500.0, -500.0]])
     cov = np.ones((3, 2))
-    kp = GaussianKernelParams.build(weights, means, compute_precision_cholesky(cov, "diag"),
+    kp = GaussianKernelParams.build(weights, means, covariance("diag").precision_cholesky(cov),
                                     "diag", far_capacity=3)
     stats = gaussian_chunk_stats(x, None, 0, kp)
     params, events = gaussian_m_step(stats, means, "diag", 1e-6)
@@ -250,7 +249,7 @@ def test_stats_merge_equals_one_chunk(cuts, ctype):
     rng = np.random.default_rng(10)
     x = rng.normal(size=(60, 3))
     weights, means, cov = random_params(ctype, d=3)
-    kp = GaussianKernelParams.build(weights, means, compute_precision_cholesky(cov, ctype),
+    kp = GaussianKernelParams.build(weights, means, covariance(ctype).precision_cholesky(cov),
                                     ctype, far_capacity=3)
     bounds = sorted(set([0, 60] + cuts))
     parts = [gaussian_chunk_stats(x[a:b], None, a, kp)
@@ -279,7 +278,7 @@ def test_float32_data_keep_float64_statistics(ctype):
     x32 = (rng.normal(size=(3000, 4)) + 1e4).astype(np.float32)
     weights, means, cov = random_params(ctype)
     means = means * 0.3 + 1e4
-    kp = GaussianKernelParams.build(weights, means, compute_precision_cholesky(cov, ctype),
+    kp = GaussianKernelParams.build(weights, means, covariance(ctype).precision_cholesky(cov),
                                     ctype)
     a = gaussian_chunk_stats(x32, None, 0, kp)
     b = gaussian_chunk_stats(x32.astype(np.float64), None, 0, kp)

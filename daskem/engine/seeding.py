@@ -30,8 +30,8 @@ from daskem.engine.em import (
     run_em_in_memory,
 )
 from daskem.engine.reduce import DEFAULT_SPLIT_EVERY
+from daskem.kernels.covariance import covariance
 from daskem.kernels.estep import KMeansKernelParams, kmeans_chunk_stats
-from daskem.kernels.gaussian import compute_precision_cholesky
 from daskem.kernels.mstep import GaussianParams, gaussian_m_step
 from daskem.kernels.seeding import (
     ParallelRound,
@@ -185,11 +185,10 @@ def _random_mixture(summary: Summary, start: MixtureStart) -> GaussianParams:
     resp = rng.uniform(size=(len(summary.sample_x), k))
     resp /= resp.sum(axis=1, keepdims=True)
     weights, means, cov = gaussian_params_from_resp(
-        summary.sample_x, resp, summary.sample_w,
-        "spherical" if ctype == "fixed" else ctype, start.reg_covar)
-    if ctype == "fixed":
-        cov = np.full(k, float(start.fixed_variance))
-    return GaussianParams(ctype, weights, means, cov, compute_precision_cholesky(cov, ctype))
+        summary.sample_x, resp, summary.sample_w, ctype, start.reg_covar,
+        start.fixed_variance)
+    return GaussianParams(ctype, weights, means, cov,
+                          covariance(ctype).precision_cholesky(cov))
 
 
 def initial_mixtures(data: ChunkedData, summary: Summary, starts: Sequence[MixtureStart], *,

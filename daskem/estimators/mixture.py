@@ -28,19 +28,12 @@ from daskem.estimators.base import (
     start_fit,
     with_fixed,
 )
+from daskem.kernels.covariance import COVARIANCE_TYPES, covariance, n_parameters
 from daskem.kernels.estep import (
     GaussianKernelParams,
     gaussian_log_prob,
     gaussian_loglik_chunk,
     responsibilities,
-)
-from daskem.kernels.gaussian import (
-    COVARIANCE_TYPES,
-    compute_precision_cholesky,
-    covariance_shape,
-    covariances_from_precision_cholesky,
-    n_parameters,
-    precision_cholesky_from_precisions,
 )
 from daskem.kernels.mstep import GaussianParams
 from daskem.kernels.random import spawn_seeds
@@ -158,22 +151,17 @@ default "kmeans"
         if self.means_init is not None:
             out["means"] = check_array_shape("means_init", self.means_init, (k, n_features))
         if self.precisions_init is not None:
-            if ctype == "fixed":
-                raise ParameterError("precisions_init does not apply to covariance_type="
-                                     "'fixed'; set fixed_variance instead")
-            shape = covariance_shape(ctype, k, n_features)
+            kind = covariance(ctype)
+            if not kind.updated:
+                raise ParameterError(f"precisions_init does not apply to covariance_type="
+                                     f"{ctype!r}; set fixed_variance instead")
+            shape = kind.shape(k, n_features)
             prec = check_array_shape("precisions_init", self.precisions_init, shape)
-            if ctype not in ("full", "tied") and np.any(prec <= 0):
-                raise ParameterError(f"'precisions_init' of covariance_type={ctype!r} must be "
-                                     "positive")
-            if ctype in ("full", "tied") and not np.allclose(prec, np.swapaxes(prec, -1, -2)):
-                raise ParameterError(f"'precisions_init' of covariance_type={ctype!r} must be "
-                                     "symmetric, positive-definite")
             try:
-                out["prec_chol"] = precision_cholesky_from_precisions(prec, ctype)
-            except np.linalg.LinAlgError:
-                raise ParameterError(f"'precisions_init' of covariance_type={ctype!r} must be "
-                                     "symmetric, positive-definite") from None
+                out["prec_chol"] = kind.cholesky_from_precisions(prec)
+            except ValueError as e:
+                raise ParameterError(f"'precisions_init' of covariance_type={ctype!r} {e}"
+                                     ) from None
         return out
 
     # ------------------------------------------------------------------ fit
@@ -197,7 +185,7 @@ default "kmeans"
 
         def initial():
             seeds = spawn_seeds(rng, self.n_init)
-            if len(user) == 3 or (self.covariance_type == "fixed" and len(user) == 2):
+            if len(user) == (3 if covariance(self.covariance_type).updated else 2):
                 return [EMState(self._from_user(user, None))] * len(seeds)
             computed = initial_mixtures(data, summary, self._starts(seeds),
                                         split_every=self.split_every)
@@ -242,14 +230,15 @@ default "kmeans"
 
     def _from_user(self, user: dict, computed: GaussianParams | None) -> GaussianParams:
         ctype = self.covariance_type
+        kind = covariance(ctype)
         weights = user.get("weights", computed.weights if computed else None)
         means = user.get("means", computed.means if computed else None)
-        if ctype == "fixed":
-            cov = np.full(self.n_components, float(self.fixed_variance))
-            prec_chol = compute_precision_cholesky(cov, ctype)
+        if not kind.updated:
+            cov = kind.held(self.n_components, self.fixed_variance)
+            prec_chol = kind.precision_cholesky(cov)
         elif "prec_chol" in user:
             prec_chol = user["prec_chol"]
-            cov = covariances_from_precision_cholesky(prec_chol, ctype)
+            cov = kind.covariances_from_cholesky(prec_chol)
         else:
             cov, prec_chol = computed.covariances, computed.precisions_cholesky
         return GaussianParams(ctype, np.asarray(weights), np.asarray(means), cov, prec_chol)
@@ -260,13 +249,7 @@ default "kmeans"
         self.means_ = p.means
         self.covariances_ = p.covariances
         self.precisions_cholesky_ = p.precisions_cholesky
-        if self.covariance_type == "full":
-            self.precisions_ = np.einsum("kij,klj->kil", p.precisions_cholesky,
-                                         p.precisions_cholesky)
-        elif self.covariance_type == "tied":
-            self.precisions_ = p.precisions_cholesky @ p.precisions_cholesky.T
-        else:
-            self.precisions_ = p.precisions_cholesky**2
+        self.precisions_ = covariance(self.covariance_type).precisions(p.precisions_cholesky)
         self.converged_ = state.converged
         self.n_iter_ = state.n_iter
         self.lower_bound_ = state.objectives[-1]
@@ -393,17 +376,10 @@ default "kmeans"
         p = self._params
         rng = master_rng(self.random_state)
         counts = rng.multinomial(n_samples, p.weights)
-        d = self.n_features_in_
+        dense = covariance(self.covariance_type).dense(p.covariances, self.n_components,
+                                                       self.n_features_in_)
         xs, ys = [], []
         for k, count in enumerate(counts):
-            if self.covariance_type == "full":
-                cov = p.covariances[k]
-            elif self.covariance_type == "tied":
-                cov = p.covariances
-            elif self.covariance_type == "diag":
-                cov = np.diag(p.covariances[k])
-            else:
-                cov = p.covariances[k] * np.eye(d)
-            xs.append(rng.multivariate_normal(p.means[k], cov, int(count)))
+            xs.append(rng.multivariate_normal(p.means[k], dense[k], int(count)))
             ys.append(np.full(int(count), k, dtype=np.int64))
         return np.vstack(xs), np.concatenate(ys)

@@ -38,8 +38,8 @@ from daskem.estimators.base import (
     start_fit,
 )
 from daskem.estimators.mixture import GaussianMixture, _kernel_params
+from daskem.kernels.covariance import COVARIANCE_TYPES, n_parameters
 from daskem.kernels.estep import gaussian_loglik_chunk
-from daskem.kernels.gaussian import COVARIANCE_TYPES, n_parameters
 from daskem.kernels.random import spawn_seeds
 
 CRITERIA = ("bic", "aic")

@@ -33,8 +33,15 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import sparse
 
-from daskem.kernels.gaussian import LOG_2PI, log_det_cholesky
-from daskem.kernels.stats import Stats, s2_shape
+from daskem.kernels.covariance import (
+    LOG_2PI,
+    QUAD_OUTER,
+    QUAD_SQUARE,
+    CovarianceType,
+    covariance,
+    quad_width,
+)
+from daskem.kernels.stats import Stats
 
 # A block's main buffers hold about this many elements (4 MiB of float64): measured
 # fastest on 2-core machines with 1 MiB L2 (smaller blocks pay NumPy's per-call overhead).
@@ -60,12 +67,13 @@ def count_nonfinite(x: np.ndarray) -> int:
     return int(x.size - np.count_nonzero(np.isfinite(x)))
 
 
-def _chunk_stats_start(x: np.ndarray, n_components: int, covariance_type: str | None,
+def _chunk_stats_start(x: np.ndarray, n_components: int, kind: CovarianceType | None,
                        far_capacity: int) -> Stats:
-    """Empty statistics of a chunk, with its row count and non-finite count filled in."""
+    """Empty statistics of a chunk (a mixture's of covariance type ``kind``, or k-means'
+    when ``None``), with its row count and non-finite count filled in."""
     d = x.shape[1]
-    stats = Stats.zeros(n_components, d, s2_shape(covariance_type, n_components, d),
-                        far_capacity)
+    stats = Stats.zeros(n_components, d,
+                        None if kind is None else kind.s2_shape(n_components, d), far_capacity)
     stats.n_samples = x.shape[0]
     stats.n_nonfinite = count_nonfinite(x)
     return stats
@@ -74,32 +82,7 @@ def _chunk_stats_start(x: np.ndarray, n_components: int, covariance_type: str | 
 # --------------------------------------------------------------------------- features
 
 
-def quadratic_width(covariance_type: str, n_features: int) -> int:
-    """Number of quadratic features ``q(z)`` per row."""
-    d = n_features
-    if covariance_type in ("full", "tied"):
-        return d * (d + 1) // 2
-    return d if covariance_type == "diag" else 1
-
-
-def pack_symmetric(matrices: np.ndarray) -> np.ndarray:
-    """Upper triangles (row-major, i ≤ j) of (..., d, d) matrices, shape (..., d(d+1)/2)."""
-    d = matrices.shape[-1]
-    iu, ju = np.triu_indices(d)
-    return matrices[..., iu, ju]
-
-
-def unpack_symmetric(packed: np.ndarray, n_features: int) -> np.ndarray:
-    """Inverse of :func:`pack_symmetric`."""
-    iu, ju = np.triu_indices(n_features)
-    out = np.empty(packed.shape[:-1] + (n_features, n_features))
-    out[..., iu, ju] = packed
-    out[..., ju, iu] = packed
-    return out
-
-
-def _fill_features(xb: np.ndarray, shift: np.ndarray, covariance_type: str,
-                   out: np.ndarray) -> None:
+def _fill_features(xb: np.ndarray, shift: np.ndarray, quad: int, out: np.ndarray) -> None:
     """``out`` (m × rows) ← F(x − shift) for a block ``xb`` (rows × d), in place.
 
     The last row of ``out`` is ones; it is set when the buffer is made.
@@ -108,12 +91,12 @@ def _fill_features(xb: np.ndarray, shift: np.ndarray, covariance_type: str,
     q = out.shape[0] - d - 1
     zt = out[q:q + d]
     np.subtract(xb.T, shift[:, None], out=zt)
-    if covariance_type in ("full", "tied"):
+    if quad == QUAD_OUTER:
         start = 0
         for i in range(d):
             np.multiply(zt[i:i + 1], zt[i:], out=out[start:start + d - i])
             start += d - i
-    elif covariance_type == "diag":
+    elif quad == QUAD_SQUARE:
         np.multiply(zt, zt, out=out[:d])
     else:
         np.einsum("db,db->b", zt, zt, out=out[0])
@@ -153,28 +136,15 @@ class GaussianKernelParams:
         means = np.asarray(means, dtype=np.float64)
         prec_chol = np.asarray(prec_chol, dtype=np.float64)
         k, d = means.shape
+        kind = covariance(covariance_type)
         shift = (np.average(means, axis=0, weights=weights) if weights.sum() > 0
                  else means.mean(axis=0))
         centred = means - shift
-        if covariance_type in ("full", "tied"):
-            chol = prec_chol if covariance_type == "full" else np.broadcast_to(prec_chol,
-                                                                               (k, d, d))
-            precision = np.einsum("kij,klj->kil", chol, chol)
-            off_diagonal = 2.0 - np.eye(d)
-            quad = pack_symmetric(precision * off_diagonal)
-            linear = np.einsum("kij,kj->ki", precision, centred)
-        elif covariance_type == "diag":
-            precision = prec_chol**2
-            quad = precision
-            linear = precision * centred
-        else:
-            precision = np.broadcast_to(prec_chol, (k,)) ** 2
-            quad = precision[:, None]
-            linear = precision[:, None] * centred
+        quad, linear = kind.linear_form(prec_chol, centred)
         maha_const = np.einsum("kd,kd->k", linear, centred)
         with np.errstate(divide="ignore"):
             log_w = np.log(weights)
-        log_det = np.broadcast_to(log_det_cholesky(prec_chol, covariance_type, d), (k,))
+        log_det = np.broadcast_to(kind.log_det(prec_chol, d), (k,))
         return cls(
             covariance_type=covariance_type,
             shift=shift,
@@ -184,6 +154,10 @@ class GaussianKernelParams:
             hard=hard,
             far_capacity=far_capacity,
         )
+
+    @property
+    def kind(self) -> CovarianceType:
+        return covariance(self.covariance_type)
 
     @property
     def n_components(self) -> int:
@@ -207,7 +181,7 @@ def _mixture_log_prob(xb: np.ndarray, p: GaussianKernelParams, ws) -> tuple:
     """Features and log π_k N(x | μ_k, Σ_k) of one block: views (m × b) and (K × b)."""
     b = xb.shape[0]
     features = ws.features[:, :b]
-    _fill_features(xb, p.shift, p.covariance_type, features)
+    _fill_features(xb, p.shift, p.kind.quad, features)
     log_prob = ws.log_prob[:, :b]
     np.matmul(p.weights_t, features, out=log_prob)
     return features, log_prob
@@ -235,16 +209,14 @@ def _logsumexp_rows(log_prob: np.ndarray) -> np.ndarray:
 
 
 def _add_mixture_stats(stats: Stats, resp: np.ndarray, features: np.ndarray, d: int,
-                       gram: np.ndarray, covariance_type: str) -> None:
+                       gram: np.ndarray, kind: CovarianceType) -> None:
     """``stats`` += Σ r, Σ r z and Σ r q(z) of a block, from responsibilities (K × b)."""
     np.matmul(resp, features.T, out=gram)
     q = gram.shape[1] - d - 1
     stats.nk += gram[:, -1]
     stats.s1 += gram[:, q:q + d]
-    if covariance_type == "spherical":
-        stats.s2 += gram[:, 0]
-    elif covariance_type != "fixed":
-        stats.s2 += gram[:, :q]
+    if kind.keeps_s2:
+        stats.s2 += kind.s2_from_quad(gram[:, :q])
 
 
 def gaussian_log_prob(x: np.ndarray, p: GaussianKernelParams) -> np.ndarray:
@@ -264,8 +236,8 @@ def gaussian_chunk_stats(x: np.ndarray, w: np.ndarray | None, offset: int,
     """E-step over one chunk and the mixture's statistics, shifted by ``p.shift``."""
     n, d = x.shape
     k = p.n_components
-    ctype = p.covariance_type
-    stats = _chunk_stats_start(x, k, ctype, p.far_capacity)
+    kind = p.kind
+    stats = _chunk_stats_start(x, k, kind, p.far_capacity)
     rows, ws = _mixture_workspace(n, d, p.weights_t.shape[1], k)
     for start in range(0, n, rows):
         xb = x[start:start + rows]
@@ -291,7 +263,7 @@ def gaussian_chunk_stats(x: np.ndarray, w: np.ndarray | None, offset: int,
             resp *= wb
             stats.objective += float(per_row @ wb)
             stats.weight_sum += float(wb.sum())
-        _add_mixture_stats(stats, resp, features, d, ws.gram, ctype)
+        _add_mixture_stats(stats, resp, features, d, ws.gram, kind)
         if p.far_capacity:
             labels = labels if labels is not None else (
                 lambda rows, resp=resp: np.argmax(resp[:, rows], axis=0))
@@ -450,11 +422,11 @@ def kmeans_chunk_stats(x: np.ndarray, w: np.ndarray | None, offset: int,
     """
     n, d = x.shape
     k = p.n_clusters
-    ctype = p.covariance_type
-    stats = _chunk_stats_start(x, k, ctype, p.far_capacity)
+    kind = None if p.covariance_type is None else covariance(p.covariance_type)
+    stats = _chunk_stats_start(x, k, kind, p.far_capacity)
     rows, ws = _kmeans_workspace(n, d, k, x.dtype)
-    if ctype is not None:
-        m = quadratic_width(ctype, d) + d + 1
+    if kind is not None:
+        m = quad_width(kind.quad, d) + d + 1
         mix_rows, mix_ws = _mixture_workspace(rows, d, m, k)
         shift64 = p.shift.astype(np.float64)
     for start in range(0, n, rows):
@@ -467,22 +439,22 @@ def kmeans_chunk_stats(x: np.ndarray, w: np.ndarray | None, offset: int,
         np.take(p.centers, labels, axis=0, out=resid, mode="clip")
         np.subtract(xb, resid, out=resid)
         dist_sq = np.einsum("ij,ij->i", resid, resid).astype(np.float64)
-        if ctype is None:
+        if kind is None:
             stats.margin = min(stats.margin, _label_margin(ws.scores[:b], dist_sq,
                                                            ws.augmented[:b], p))
         stats.weight_sum += float(b) if wb is None else float(wb.sum())
         stats.objective += float(dist_sq.sum()) if wb is None else float(dist_sq @ wb)
         onehot_t = _onehot_t(labels, k, wb, x.dtype)
-        if ctype is None:
+        if kind is None:
             stats.nk += np.bincount(labels, weights=wb, minlength=k)
             stats.s1 += np.asarray(onehot_t @ resid, dtype=np.float64)
         else:
             for sub in range(0, b, mix_rows):
                 sl = slice(sub, sub + mix_rows)
                 features = mix_ws.features[:, :xb[sl].shape[0]]
-                _fill_features(xb[sl], shift64, ctype, features)
+                _fill_features(xb[sl], shift64, kind.quad, features)
                 resp = onehot_t[:, sl].toarray().astype(np.float64)
-                _add_mixture_stats(stats, resp, features, d, mix_ws.gram, ctype)
+                _add_mixture_stats(stats, resp, features, d, mix_ws.gram, kind)
         if p.far_capacity:
             stats.far = stats.far.merge_block(dist_sq, xb, labels, wb, offset + start)
     return stats

@@ -18,8 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from daskem.kernels.estep import unpack_symmetric
-from daskem.kernels.gaussian import compute_precision_cholesky
+from daskem.kernels.covariance import covariance
 from daskem.kernels.stats import Stats
 
 EPS = float(np.finfo(np.float64).eps)
@@ -91,30 +90,6 @@ def kmeans_inertia_after(stats: Stats, old: np.ndarray, new: np.ndarray) -> floa
     return float(stats.objective - stats.nk @ (moved**2).sum(axis=1))
 
 
-def _covariances(stats: Stats, nk: np.ndarray, delta: np.ndarray, covariance_type: str,
-                 reg_covar: float) -> np.ndarray:
-    """Covariances around the new means from shifted statistics.
-
-    With ``delta = s1 / nk`` (new mean − shift): Σ r (x−μ)(x−μ)ᵀ = s2 − nk δδᵀ.
-    """
-    d = delta.shape[1]
-    if covariance_type == "full":
-        cov = unpack_symmetric(stats.s2, d) / nk[:, None, None]
-        cov -= delta[:, :, None] * delta[:, None, :]
-        cov[:, np.arange(d), np.arange(d)] += reg_covar
-        return cov
-    if covariance_type == "tied":
-        cov = unpack_symmetric(stats.s2.sum(axis=0), d)
-        cov -= np.einsum("k,ki,kj->ij", nk, delta, delta)
-        cov /= nk.sum()
-        cov.flat[:: d + 1] += reg_covar
-        return cov
-    if covariance_type == "diag":
-        return np.maximum(stats.s2 / nk[:, None] - delta**2, 0.0) + reg_covar
-    # spherical: the mean of the diagonal
-    return np.maximum(stats.s2 / (nk * d) - (delta**2).mean(axis=1), 0.0) + reg_covar
-
-
 def gaussian_m_step(stats: Stats, shift: np.ndarray, covariance_type: str, reg_covar: float,
                     fixed_variance: float = 1.0) -> tuple[GaussianParams, list[Reseed]]:
     """New mixture parameters from statistics shifted by ``shift``, of shape (d,) or (K, d).
@@ -124,30 +99,28 @@ def gaussian_m_step(stats: Stats, shift: np.ndarray, covariance_type: str, reg_c
     added to the diagonal of every covariance.
     """
     n_components, d = stats.s1.shape
+    kind = covariance(covariance_type)
     mean_weight = stats.weight_sum / max(stats.n_samples, 1)
     collapsed = np.flatnonzero(stats.nk < mean_weight)
     nk = stats.nk + 10 * EPS
     delta = stats.s1 / nk[:, None]
     means = np.asarray(shift, dtype=np.float64) + delta
-    if covariance_type == "fixed":
-        covariances = np.full(n_components, float(fixed_variance))
-    else:
-        covariances = _covariances(stats, nk, delta, covariance_type, reg_covar)
+    covariances = kind.covariances(stats.s2, nk, delta, reg_covar, fixed_variance)
     events = []
     if collapsed.size and collapsed.size < n_components:
         nk, means, covariances, events = _reseed_collapsed(
-            stats, collapsed, nk, means, covariances, covariance_type, mean_weight)
+            stats, collapsed, nk, means, covariances, kind, mean_weight)
     weights = nk / nk.sum()
     return GaussianParams(
         covariance_type=covariance_type,
         weights=weights,
         means=means,
         covariances=covariances,
-        precisions_cholesky=compute_precision_cholesky(covariances, covariance_type),
+        precisions_cholesky=kind.precision_cholesky(covariances),
     ), events
 
 
-def _reseed_collapsed(stats, collapsed, nk, means, covariances, covariance_type, mean_weight):
+def _reseed_collapsed(stats, collapsed, nk, means, covariances, kind, mean_weight):
     nk = nk.copy()
     means = means.copy()
     covariances = covariances.copy()
@@ -158,7 +131,8 @@ def _reseed_collapsed(stats, collapsed, nk, means, covariances, covariance_type,
     for j, i in zip(collapsed, range(len(far.score)), strict=False):
         means[j] = far.x[i]
         nk[j] = mean_weight
-        if covariance_type in ("full", "diag", "spherical"):
-            covariances[j] = np.tensordot(share, covariances[alive], axes=1)
+        blended = kind.blend(share, covariances, alive)
+        if blended is not None:
+            covariances[j] = blended
         events.append(Reseed(int(j), int(far.index[i]), "collapsed component"))
     return nk, means, covariances, events

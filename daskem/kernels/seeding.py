@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from daskem.kernels.covariance import covariance
 from daskem.kernels.estep import (
     KMeansKernelParams,
     block_rows,
@@ -78,30 +79,15 @@ def lloyd(x: np.ndarray, centers: np.ndarray, sample_weight: np.ndarray | None =
     return centers
 
 
-def gaussian_params_from_resp(x, resp, sample_weight, covariance_type, reg_covar):
+def gaussian_params_from_resp(x, resp, sample_weight, covariance_type, reg_covar,
+                              fixed_variance=1.0):
     """Weights, means and covariances from in-memory responsibilities (random init)."""
     w = np.ones(x.shape[0]) if sample_weight is None else sample_weight
     rw = resp * w[:, None]
     nk = rw.sum(axis=0) + 10 * EPS
     means = rw.T @ x / nk[:, None]
-    d = x.shape[1]
-    if covariance_type == "full":
-        cov = np.empty((len(nk), d, d))
-        for k in range(len(nk)):
-            diff = x - means[k]
-            cov[k] = (rw[:, k] * diff.T) @ diff / nk[k]
-            cov[k].flat[:: d + 1] += reg_covar
-    elif covariance_type == "tied":
-        cov = np.zeros((d, d))
-        for k in range(len(nk)):
-            diff = x - means[k]
-            cov += (rw[:, k] * diff.T) @ diff
-        cov /= nk.sum()
-        cov.flat[:: d + 1] += reg_covar
-    else:
-        diag = np.stack([(rw[:, k] @ (x - means[k]) ** 2) / nk[k] for k in range(len(nk))])
-        diag += reg_covar
-        cov = diag if covariance_type == "diag" else diag.mean(axis=1)
+    cov = covariance(covariance_type).from_responsibilities(x, rw, nk, means, reg_covar,
+                                                            fixed_variance)
     return nk / nk.sum(), means, cov
 
 

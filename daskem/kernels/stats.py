@@ -157,19 +157,6 @@ class Stats:
         )
 
 
-def s2_shape(covariance_type: str | None, n_components: int, n_features: int) -> tuple | None:
-    """Shape of ``Stats.s2`` for a covariance type (``None``: k-means or fixed variance)."""
-    if covariance_type is None or covariance_type == "fixed":
-        return None
-    packed = n_features * (n_features + 1) // 2
-    return {
-        "full": (n_components, packed),
-        "tied": (n_components, packed),
-        "diag": (n_components, n_features),
-        "spherical": (n_components,),
-    }[covariance_type]
-
-
 def reshift(stats: Stats, old: np.ndarray, new: np.ndarray) -> Stats:
     """The same statistics shifted by ``new`` instead of ``old``: exact, no pass.
 
