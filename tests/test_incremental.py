@@ -151,7 +151,14 @@ def test_reaches_the_optimum_of_batch_em(X, ctype):
     order = np.argsort(batch.means_[:, 0])
     np.testing.assert_allclose(inc.means_[np.argsort(inc.means_[:, 0])], batch.means_[order],
                                atol=5e-4)
-    assert inc.n_iter_ <= batch.n_iter_
+    # Passes to come within 1e-7 of the optimum (not to the stop at tol=1e-10, where the
+    # count turns on last-bit rounding, which multithreaded BLAS varies).
+    top = max(batch.lower_bounds_[-1], inc.lower_bounds_[-1])
+
+    def passes_to_top(est):
+        return next(i for i, v in enumerate(est.lower_bounds_, 1) if v >= top - 1e-7)
+
+    assert passes_to_top(inc) <= passes_to_top(batch)
 
 
 def test_kmeans_reaches_the_centers_of_batch_lloyd(X):
