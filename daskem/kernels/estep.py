@@ -28,6 +28,7 @@ the inertia and the centers' sums come from the exact residuals ``x − c_label`
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,6 +49,30 @@ from daskem.kernels.stats import Stats
 BLOCK_ELEMENTS = 1 << 19
 MIN_BLOCK_ROWS = 16
 MAX_BLOCK_ROWS = 8192
+
+
+# Which chunk kernels run: "compiled" (numba, :mod:`daskem.kernels.compiled`) or "numpy"
+# (the reference twins below). Read once per process, from DASKEM_KERNELS.
+KERNELS = os.environ.get("DASKEM_KERNELS", "compiled")
+if KERNELS not in ("compiled", "numpy"):
+    raise ValueError(f"DASKEM_KERNELS must be 'compiled' or 'numpy'; got {KERNELS!r}")
+
+
+def _compiled(x: np.ndarray):
+    """The compiled kernels' module if they apply to ``x``, else ``None`` (numba is
+    imported on first use: 1–2 s, once per process)."""
+    if KERNELS != "compiled" or x.dtype not in (np.float32, np.float64):
+        return None
+    from daskem.kernels import compiled
+
+    return compiled
+
+
+def warm_up_kernels() -> float:
+    """Compile or load the compiled kernels in this process; the seconds it took (0 when
+    they are loaded already or not used)."""
+    compiled = _compiled(np.empty(0))
+    return 0.0 if compiled is None else compiled.warm_up()
 
 
 def block_rows(n_rows: int, width: int) -> int:
@@ -233,7 +258,31 @@ def gaussian_log_prob(x: np.ndarray, p: GaussianKernelParams) -> np.ndarray:
 
 def gaussian_chunk_stats(x: np.ndarray, w: np.ndarray | None, offset: int,
                          p: GaussianKernelParams) -> Stats:
-    """E-step over one chunk and the mixture's statistics, shifted by ``p.shift``."""
+    """E-step over one chunk and the mixture's statistics, shifted by ``p.shift``: the
+    compiled kernel (:func:`~daskem.kernels.compiled.mixture_fused`), or its NumPy twin."""
+    compiled = _compiled(x)
+    if compiled is None:
+        return gaussian_chunk_stats_numpy(x, w, offset, p)
+    kind = p.kind
+    stats = _chunk_stats_start(x, p.n_components, kind, p.far_capacity)
+    nk, s1, quad_sums, objective, weight_sum, lse = compiled.mixture_fused(
+        x, w, p.shift, p.weights_t, kind.quad, p.hard, p.far_capacity > 0)
+    stats.nk += nk
+    stats.s1 += s1
+    if kind.keeps_s2:
+        stats.s2 += kind.s2_from_quad(quad_sums)
+    stats.objective += objective
+    stats.weight_sum += weight_sum
+    if p.far_capacity:
+        stats.far = stats.far.merge_block(
+            -lse, x, lambda rows: np.argmax(gaussian_log_prob(x[rows], p), axis=1), w, offset)
+    return stats
+
+
+def gaussian_chunk_stats_numpy(x: np.ndarray, w: np.ndarray | None, offset: int,
+                               p: GaussianKernelParams) -> Stats:
+    """E-step over one chunk and the mixture's statistics, shifted by ``p.shift``: the
+    NumPy reference twin of the compiled kernel, in blocks of NumPy operations."""
     n, d = x.shape
     k = p.n_components
     kind = p.kind
@@ -413,7 +462,30 @@ def _onehot_t(labels: np.ndarray, n_groups: int, weights: np.ndarray | None, dty
 
 def kmeans_chunk_stats(x: np.ndarray, w: np.ndarray | None, offset: int,
                        p: KMeansKernelParams) -> Stats:
-    """Assignment to the nearest center and the statistics of one chunk.
+    """Assignment to the nearest center and the statistics of one chunk: the compiled
+    kernel (:func:`~daskem.kernels.compiled.kmeans_fused`), or its NumPy twin (which also
+    serves ``p.covariance_type``, a mixture's statistics of the hard clusters: one pass
+    when a mixture starts)."""
+    compiled = _compiled(x)
+    if compiled is None or p.covariance_type is not None:
+        return kmeans_chunk_stats_numpy(x, w, offset, p)
+    stats = _chunk_stats_start(x, p.n_clusters, None, p.far_capacity)
+    labels, dist_sq, nk, s1, objective, weight_sum, margin = compiled.kmeans_fused(
+        x, w, p.shift, p.scorer, p.centers)
+    stats.nk += nk
+    stats.s1 += s1
+    stats.objective += objective
+    stats.weight_sum += weight_sum
+    stats.margin = margin
+    if p.far_capacity:
+        stats.far = stats.far.merge_block(dist_sq, x, labels, w, offset)
+    return stats
+
+
+def kmeans_chunk_stats_numpy(x: np.ndarray, w: np.ndarray | None, offset: int,
+                             p: KMeansKernelParams) -> Stats:
+    """Assignment to the nearest center and the statistics of one chunk (the NumPy
+    reference twin of the compiled kernel).
 
     k-means statistics: ``s1`` is shifted by the assigned center, and the inertia is
     summed from the explicit residuals ``x − c_label`` (exact to rounding). With

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from daskem.kernels.estep import warm_up_kernels
 from daskem.kernels.random import row_uniform
 
 SAMPLE_STREAM = 0x5A3D1E
@@ -76,6 +77,9 @@ def _first(a: int, b: int) -> int:
 
 def summarise_chunk(x: np.ndarray, w: np.ndarray | None, offset: int,
                     request: SampleRequest) -> Summary:
+    # Every fit starts with this pass: the worker loads the compiled kernels now (once per
+    # process, from numba's cache), not in the first iteration.
+    warm_up_kernels()
     n, d = x.shape
     finite = np.isfinite(x)
     n_nonfinite = int(x.size - np.count_nonzero(finite))

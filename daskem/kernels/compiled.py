@@ -1,0 +1,274 @@
+"""Compiled, fused chunk kernels (numba): the hot loops of the E-step.
+
+Each kernel walks a chunk in blocks of ``BLOCK`` rows. For a block it makes one BLAS
+product (``np.dot``: scores against every center, or log-densities of every component),
+then, row by row and in the same pass, the arg-min or the log-sum-exp and the row's share
+of the statistics, so a block is read from memory once while it sits in cache. Buffers are
+allocated once per chunk. The statistics accumulate in float64; k-means data in float32
+stay float32 in the product (the mixtures' quadratic features are float64 whatever the
+data: they carry the digits the covariances need).
+
+Their NumPy reference twins are :func:`daskem.kernels.estep.kmeans_chunk_stats_numpy` and
+:func:`daskem.kernels.estep.gaussian_chunk_stats_numpy`, which tests compare them against.
+
+The kernels are serial (``nogil``: a Dask worker's threads run them side by side; no
+``parallel=True``, which would oversubscribe the cores under Dask and BLAS). They are
+compiled on first use and cached on disk (``cache=True``): beside this module, or, when
+the package directory is not writable, in numba's per-user cache directory (set
+``NUMBA_CACHE_DIR`` to choose another); a worker process loads them from there once.
+:func:`warm_up` compiles or loads every signature and says how long it took.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numba
+import numpy as np
+
+# Rows per block: a block's product (rows × K) and features stay within L2 (measured on
+# the 2-core machines; scikit-learn's Lloyd uses 256 too).
+BLOCK = 256
+
+_JIT = dict(nogil=True, cache=True, error_model="numpy")
+# k-means may assume no NaN (and ignore the sign of zero): that lets the arg-min over the
+# centers vectorise (2–3x faster). Data with NaN or ±inf are refused before any statistic
+# is used (every chunk counts them), so the assumption never decides a result. No
+# reassociation: sums keep their order, results stay deterministic.
+_JIT_KMEANS = dict(_JIT, fastmath={"nnan", "nsz"})
+
+
+@numba.njit(**_JIT_KMEANS)
+def _kmeans(x, w, shift, scorer, centers, eps, block, labels, dist_sq, nk, s1):
+    n, d = x.shape
+    k = centers.shape[0]
+    weighted = w.shape[0] > 0
+    coef_t = np.ascontiguousarray(scorer[:d].T)  # (K, d): −2 (c − s)
+    norms = scorer[d]  # (K,): ‖c − s‖²
+    reach = 0.0
+    for c in range(k):
+        reach = max(reach, np.float64(norms[c]))
+    # Scores are held transposed (components × rows), so that the arg-min runs along
+    # contiguous rows for every center: it vectorises.
+    z_buf = np.empty(d * block, dtype=x.dtype)
+    s_buf = np.empty(k * block, dtype=x.dtype)
+    first = np.empty(block)
+    second = np.empty(block)
+    best = np.empty(block, dtype=np.int64)
+    objective = 0.0
+    weight_sum = 0.0
+    margin = np.inf
+    for start in range(0, n, block):
+        b = min(start + block, n) - start
+        zb = z_buf[:b * d].reshape((b, d))
+        for i in range(b):
+            for j in range(d):
+                zb[i, j] = x[start + i, j] - shift[j]
+        st = s_buf[:k * b].reshape((k, b))
+        np.dot(coef_t, zb.T, st)  # ‖x − c‖² − ‖x − s‖², less ‖c − s‖²
+        for i in range(b):
+            first[i] = np.inf
+            second[i] = np.inf
+            best[i] = 0
+        # The smallest and second-smallest score of every row and the first index of the
+        # smallest (np.argmin's), branch-free.
+        for c in range(k):
+            nc = norms[c]
+            for i in range(b):
+                v = np.float64(st[c, i] + nc)
+                second[i] = min(second[i], max(first[i], v))
+                best[i] = c if v < first[i] else best[i]
+                first[i] = min(first[i], v)
+        for i in range(b):
+            row = start + i
+            label = best[i]
+            wi = w[row] if weighted else 1.0
+            # The exact residual x − c (in the data's dtype), its squared norm in four
+            # partial sums (a short dependency chain, a fixed order), and Σ w r.
+            p0 = 0.0
+            p1 = 0.0
+            p2 = 0.0
+            p3 = 0.0
+            j = 0
+            while j + 4 <= d:
+                r0 = np.float64(x[row, j] - centers[label, j])
+                r1 = np.float64(x[row, j + 1] - centers[label, j + 1])
+                r2 = np.float64(x[row, j + 2] - centers[label, j + 2])
+                r3 = np.float64(x[row, j + 3] - centers[label, j + 3])
+                p0 += r0 * r0
+                p1 += r1 * r1
+                p2 += r2 * r2
+                p3 += r3 * r3
+                s1[label, j] += wi * r0
+                s1[label, j + 1] += wi * r1
+                s1[label, j + 2] += wi * r2
+                s1[label, j + 3] += wi * r3
+                j += 4
+            while j < d:
+                r0 = np.float64(x[row, j] - centers[label, j])
+                p0 += r0 * r0
+                s1[label, j] += wi * r0
+                j += 1
+            ds = (p0 + p1) + (p2 + p3)
+            labels[row] = label
+            dist_sq[row] = ds
+            nk[label] += wi
+            objective += wi * ds
+            weight_sum += wi
+            if k > 1:
+                # The gap of the two smallest scores is d₂² − d₁², less a bound on the
+                # product's rounding, which grows with ‖x − s‖² ≤ (d₁ + ‖c − s‖)²;
+                # d₂ − d₁ = gap / (d₂ + d₁).
+                d1 = math.sqrt(ds)
+                z_norm = (d1 + math.sqrt(max(np.float64(norms[label]), 0.0))) ** 2
+                gap = (second[i] - first[i]) - 4.0 * (d + 2) * eps * (z_norm + reach) * 1.01
+                m = gap / (math.sqrt(ds + max(gap, 0.0)) + d1 + 1e-300)
+                margin = min(margin, m)
+    return objective, weight_sum, margin
+
+
+def kmeans_fused(x, w, shift, scorer, centers, block=BLOCK):
+    """Assign every row of ``x`` to its nearest center and sum the k-means statistics.
+
+    ``scorer`` is ``[−2 (c − s)ᵀ ; ‖c − s‖²]`` (d + 1, K) and ``shift`` is ``s``, both in
+    ``x``'s dtype (see :class:`~daskem.kernels.estep.KMeansKernelParams`). Returns
+    ``(labels, dist_sq, nk, s1, objective, weight_sum, margin)``: ``s1`` = Σ w (x − c_label)
+    per cluster, ``dist_sq`` = ‖x − c_label‖² per row (float64), and ``margin`` a lower
+    bound over the rows of ‖x − c_2nd‖ − ‖x − c_label‖ (+inf for one center or no rows).
+    """
+    x = np.ascontiguousarray(x)
+    n, d = x.shape
+    k = centers.shape[0]
+    w = np.empty(0) if w is None else np.ascontiguousarray(w, dtype=np.float64)
+    labels = np.empty(n, dtype=np.int64)
+    dist_sq = np.empty(n)
+    nk = np.zeros(k)
+    s1 = np.zeros((k, d))
+    eps = float(np.finfo(x.dtype).eps)
+    objective, weight_sum, margin = _kmeans(
+        x, w, np.ascontiguousarray(shift, dtype=x.dtype),
+        np.ascontiguousarray(scorer, dtype=x.dtype),
+        np.ascontiguousarray(centers, dtype=x.dtype), eps, max(1, min(block, n)), labels,
+        dist_sq, nk, s1)
+    return labels, dist_sq, nk, s1, objective, weight_sum, margin
+
+
+@numba.njit(**_JIT)
+def _mixture(x, w, shift, weights_t, quad, hard, want_lse, block, gram, lse):
+    n, d = x.shape
+    k, m = weights_t.shape
+    q = m - d - 1
+    weighted = w.shape[0] > 0
+    wt = np.ascontiguousarray(weights_t.T)  # (m, K)
+    feats = np.empty((block, m))
+    resp = np.empty((block, k))
+    part = np.empty((k, m))
+    z = np.empty(d)
+    objective = 0.0
+    weight_sum = 0.0
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        b = stop - start
+        fb = feats[:b]
+        for i in range(b):
+            row = start + i
+            for j in range(d):
+                z[j] = x[row, j] - shift[j]
+                fb[i, q + j] = z[j]
+            fb[i, m - 1] = 1.0
+            if quad == 0:  # z_i z_j, i ≤ j, row-major upper triangle
+                p = 0
+                for a in range(d):
+                    za = z[a]
+                    for c in range(a, d):
+                        fb[i, p] = za * z[c]
+                        p += 1
+            elif quad == 1:  # z_j²
+                for j in range(d):
+                    fb[i, j] = z[j] * z[j]
+            else:  # ‖z‖²
+                t = 0.0
+                for j in range(d):
+                    t += z[j] * z[j]
+                fb[i, 0] = t
+        rb = resp[:b]
+        np.dot(fb, wt, rb)  # log π_k N(x | μ_k, Σ_k)
+        for i in range(b):
+            row = start + i
+            top = -np.inf
+            best = 0
+            for c in range(k):
+                if rb[i, c] > top:
+                    top = rb[i, c]
+                    best = c
+            if not np.isfinite(top):
+                top = 0.0  # no component explains the row (all −inf): zero responsibility
+            total = 0.0
+            for c in range(k):
+                total += math.exp(rb[i, c] - top)
+            row_lse = math.log(total) + top if total > 0.0 else -np.inf
+            wi = w[row] if weighted else 1.0
+            if hard:
+                objective += wi * rb[i, best]
+                for c in range(k):
+                    rb[i, c] = 0.0
+                rb[i, best] = wi
+            else:
+                objective += wi * row_lse
+                scale = wi / total if total > 0.0 else 0.0
+                for c in range(k):
+                    rb[i, c] = math.exp(rb[i, c] - top) * scale
+            weight_sum += wi
+            if want_lse:
+                lse[row] = row_lse
+        np.dot(rb.T, fb, part)
+        for c in range(k):
+            for j in range(m):
+                gram[c, j] += part[c, j]
+    return objective, weight_sum
+
+
+def mixture_fused(x, w, shift, weights_t, quad, hard=False, want_lse=False, block=BLOCK):
+    """E-step of a chunk and the mixture's statistics, never holding more than a block.
+
+    ``weights_t`` (K, m) gives ``log π_k N(x | μ_k, Σ_k) = weights_t[k] · F(x − shift)``
+    with ``F(z) = [q(z), z, 1]`` and ``q`` the quadratic map ``quad`` (see
+    :mod:`daskem.kernels.covariance`). Returns ``(nk, s1, quad_sums, objective,
+    weight_sum, lse)``: Σ r, Σ r z, Σ r q(z) per component, Σ w·log p(x) (or, ``hard``,
+    the classification log-likelihood), Σ w, and every row's log p(x) when ``want_lse``
+    (else an empty array).
+    """
+    x = np.ascontiguousarray(x)
+    n, d = x.shape
+    k, m = weights_t.shape
+    w = np.empty(0) if w is None else np.ascontiguousarray(w, dtype=np.float64)
+    gram = np.zeros((k, m))
+    lse = np.empty(n if want_lse else 0)
+    objective, weight_sum = _mixture(
+        x, w, np.ascontiguousarray(shift, dtype=np.float64),
+        np.ascontiguousarray(weights_t, dtype=np.float64), int(quad), bool(hard),
+        bool(want_lse), max(1, min(block, n)), gram, lse)
+    q = m - d - 1
+    return gram[:, -1].copy(), gram[:, q:q + d].copy(), gram[:, :q].copy(), objective, \
+        weight_sum, lse
+
+
+_WARM: dict = {}
+
+
+def warm_up() -> float:
+    """Compile (or load from the cache) every kernel for float32 and float64 data; the
+    seconds it took (0 after the first call in a process)."""
+    if _WARM:
+        return 0.0
+    t0 = time.perf_counter()
+    for dtype in (np.float32, np.float64):
+        x = np.zeros((2, 2), dtype=dtype)
+        centers = np.zeros((2, 2), dtype=dtype)
+        scorer = np.zeros((3, 2), dtype=dtype)
+        for w in (None, np.ones(2)):
+            kmeans_fused(x, w, np.zeros(2, dtype), scorer, centers)
+            mixture_fused(x, w, np.zeros(2), np.zeros((2, 6)), 0, want_lse=True)
+    _WARM["seconds"] = time.perf_counter() - t0
+    return _WARM["seconds"]
