@@ -32,6 +32,8 @@ import numpy as np
 BLOCK = 256
 
 _JIT = dict(nogil=True, cache=True, error_model="numpy")
+# log(2⁻⁵³): a mixture term this far below the row's largest does not change its sum.
+NEGLIGIBLE = -36.8
 # k-means may assume no NaN (and ignore the sign of zero): that lets the arg-min over the
 # centers vectorise (2–3x faster). Data with NaN or ±inf are refused before any statistic
 # is used (every chunk counts them), so the assumption never decides a result. No
@@ -202,15 +204,22 @@ def _mixture(x, w, shift, weights_t, quad, hard, want_lse, block, gram, lse):
                 if rb[i, c] > top:
                     top = rb[i, c]
                     best = c
+            best_log = top
             if not np.isfinite(top):
                 top = 0.0  # no component explains the row (all −inf): zero responsibility
+            # exp(v − top) for the components within NEGLIGIBLE of the best; the others'
+            # terms are below 2⁻⁵³ of the largest (1), do not change the sum, and skipping
+            # their exp (the costly part: it does not vectorise) leaves them at zero.
             total = 0.0
             for c in range(k):
-                total += math.exp(rb[i, c] - top)
+                e = rb[i, c] - top
+                e = math.exp(e) if e > NEGLIGIBLE else 0.0
+                rb[i, c] = e
+                total += e
             row_lse = math.log(total) + top if total > 0.0 else -np.inf
             wi = w[row] if weighted else 1.0
             if hard:
-                objective += wi * rb[i, best]
+                objective += wi * best_log  # classification EM: log π_k N_k of the best
                 for c in range(k):
                     rb[i, c] = 0.0
                 rb[i, best] = wi
@@ -218,7 +227,7 @@ def _mixture(x, w, shift, weights_t, quad, hard, want_lse, block, gram, lse):
                 objective += wi * row_lse
                 scale = wi / total if total > 0.0 else 0.0
                 for c in range(k):
-                    rb[i, c] = math.exp(rb[i, c] - top) * scale
+                    rb[i, c] *= scale
             weight_sum += wi
             if want_lse:
                 lse[row] = row_lse
