@@ -26,6 +26,12 @@ DTYPES = [np.float64, np.float32]
 RTOL = {np.float64: 1e-12, np.float32: 1e-5}
 
 
+@pytest.fixture(autouse=True)
+def compiled_for_every_chunk(monkeypatch):
+    """The dispatchers choose the compiled kernels for small chunks too."""
+    monkeypatch.setattr(estep, "KERNELS", "compiled")
+
+
 def blobs(n, d, k, dtype, seed=0, offset=0.0):
     rng = np.random.default_rng(seed)
     centers = rng.normal(scale=4.0, size=(k, d)) + offset

@@ -12,6 +12,7 @@ from conftest import make_blobs
 from distributed import Client, LocalCluster
 
 from daskem import ConvergenceWarning, GaussianMixture, KMeans
+from daskem.kernels import estep
 
 pytestmark = pytest.mark.distributed
 
@@ -57,23 +58,34 @@ def fit_all(X):
 
 @pytest.fixture(scope="module")
 def results(data):
+    """Every flavour fitted in-process and on 1 and 2 workers, with the compiled kernels
+    for every chunk (by default chunks this small get the NumPy twins): the worker
+    processes inherit DASKEM_KERNELS."""
     _, X = data
     runs = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DASKEM_KERNELS", "compiled")
+        mp.setattr(estep, "KERNELS", "compiled")
+        with dask.config.set(scheduler="synchronous"):
+            runs["sync"] = fit_all(X)
+        for n_workers in (1, 2):
+            cluster, client = cluster_client(n_workers)
+            try:
+                runs[n_workers] = fit_all(X)
+                runs[f"{n_workers}-labels"] = KMeans(4, init=X[:4].compute(),
+                                                     max_iter=5).fit(X).labels_.compute()
+                runs[f"{n_workers}-kernels"] = set(client.run(
+                    lambda: __import__("daskem.kernels.estep").kernels.estep.KERNELS).values())
+            finally:
+                client.close()
+                cluster.close()
     with dask.config.set(scheduler="synchronous"):
-        runs["sync"] = fit_all(X)
-    for n_workers in (1, 2):
-        cluster, client = cluster_client(n_workers)
-        try:
-            runs[n_workers] = fit_all(X)
-            runs[f"{n_workers}-labels"] = KMeans(4, init=X[:4].compute(),
-                                                 max_iter=5).fit(X).labels_.compute()
-        finally:
-            client.close()
-            cluster.close()
+        runs["numpy-twins"] = fit_all(X)  # chunks this small: the NumPy twins
     return runs
 
 
 def test_bit_identical_on_one_and_two_workers(results):
+    assert results["1-kernels"] == results["2-kernels"] == {"compiled"}
     one, two = results[1], results[2]
     for key in one:
         np.testing.assert_array_equal(one[key], two[key], err_msg=key)
@@ -83,6 +95,12 @@ def test_bit_identical_on_one_and_two_workers(results):
 def test_distributed_agrees_with_synchronous(results):
     for key, value in results["sync"].items():
         np.testing.assert_allclose(results[2][key], value, rtol=1e-10, atol=1e-12,
+                                   err_msg=key)
+
+
+def test_compiled_kernels_agree_with_the_numpy_twins(results):
+    for key, value in results["numpy-twins"].items():
+        np.testing.assert_allclose(results[2][key], value, rtol=1e-9, atol=1e-12,
                                    err_msg=key)
 
 

@@ -51,27 +51,33 @@ MIN_BLOCK_ROWS = 16
 MAX_BLOCK_ROWS = 8192
 
 
-# Which chunk kernels run: "compiled" (numba, :mod:`daskem.kernels.compiled`) or "numpy"
-# (the reference twins below). Read once per process, from DASKEM_KERNELS.
-KERNELS = os.environ.get("DASKEM_KERNELS", "compiled")
-if KERNELS not in ("compiled", "numpy"):
-    raise ValueError(f"DASKEM_KERNELS must be 'compiled' or 'numpy'; got {KERNELS!r}")
+# Which chunk kernels run (DASKEM_KERNELS, read once per process): "auto" (default) the
+# compiled ones (numba, :mod:`daskem.kernels.compiled`) for chunks of at least
+# COMPILED_MIN_ELEMENTS values and the NumPy twins below for smaller ones; "compiled" or
+# "numpy" for every chunk. Loading numba costs a worker process about 2 s once, which small
+# chunks never earn back. The choice depends on the chunk alone, never on the worker.
+KERNELS = os.environ.get("DASKEM_KERNELS", "auto")
+if KERNELS not in ("auto", "compiled", "numpy"):
+    raise ValueError(f"DASKEM_KERNELS must be 'auto', 'compiled' or 'numpy'; got {KERNELS!r}")
+COMPILED_MIN_ELEMENTS = 1 << 20
 
 
 def _compiled(x: np.ndarray):
-    """The compiled kernels' module if they apply to ``x``, else ``None`` (numba is
-    imported on first use: 1–2 s, once per process)."""
-    if KERNELS != "compiled" or x.dtype not in (np.float32, np.float64):
+    """The compiled kernels' module if they serve ``x``, else ``None`` (numba is imported
+    on first use: 1–2 s, once per process)."""
+    if KERNELS == "numpy" or x.dtype not in (np.float32, np.float64):
+        return None
+    if KERNELS == "auto" and x.size < COMPILED_MIN_ELEMENTS:
         return None
     from daskem.kernels import compiled
 
     return compiled
 
 
-def warm_up_kernels() -> float:
-    """Compile or load the compiled kernels in this process; the seconds it took (0 when
-    they are loaded already or not used)."""
-    compiled = _compiled(np.empty(0))
+def warm_up_kernels(x: np.ndarray) -> float:
+    """Compile or load the compiled kernels in this process if they serve chunks like
+    ``x``; the seconds it took (0 when loaded already or not used)."""
+    compiled = _compiled(x)
     return 0.0 if compiled is None else compiled.warm_up()
 
 

@@ -79,7 +79,7 @@ def summarise_chunk(x: np.ndarray, w: np.ndarray | None, offset: int,
                     request: SampleRequest) -> Summary:
     # Every fit starts with this pass: the worker loads the compiled kernels now (once per
     # process, from numba's cache), not in the first iteration.
-    warm_up_kernels()
+    warm_up_kernels(x)
     n, d = x.shape
     finite = np.isfinite(x)
     n_nonfinite = int(x.size - np.count_nonzero(finite))
