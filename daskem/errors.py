@@ -2,7 +2,8 @@
 
 Every error is a ``ValueError`` (or a ``RuntimeError`` for a failed fit), so callers can
 catch either daskem's own classes or the standard category, as in zarr-python's
-``zarr.errors``.
+``zarr.errors``. ``NotFittedError`` and ``ConvergenceWarning`` are also scikit-learn's
+classes of the same names (subclasses of them).
 """
 
 from __future__ import annotations
@@ -32,6 +33,12 @@ class ParameterError(DaskemError, ValueError):
 
 class FitError(DaskemError, RuntimeError):
     """The fit failed numerically (for example a covariance that is not positive definite)."""
+
+
+class CovarianceError(FitError, ValueError):
+    """A mixture component's covariance is not positive definite: its rows collapsed onto
+    too few distinct points. A ``ValueError`` as in scikit-learn; the message names the
+    components and what to do (raise ``reg_covar``, fewer components, scale the data)."""
 
 
 class StorageError(DaskemError, RuntimeError):
@@ -70,10 +77,6 @@ def storage_errors(what: str, path: str) -> Iterator[None]:
         raise error from exc
 
 
-class NotFittedError(DaskemError, ValueError, AttributeError):
-    """A method that needs a fitted model was called before ``fit``."""
-
-
 class DaskemWarning(UserWarning):
     """Base class of daskem's warnings."""
 
@@ -82,9 +85,29 @@ class DataWarning(DaskemWarning):
     """The data can be fitted but something about them deserves attention."""
 
 
-class ConvergenceWarning(DaskemWarning):
-    """A fit stopped at ``max_iter`` before meeting its tolerance."""
-
-
 class ClusterPolicyWarning(DaskemWarning):
     """An empty cluster or a collapsed component was re-seeded (see the estimator's docs)."""
+
+
+# Two classes subclass scikit-learn's, so that code catching or filtering scikit-learn's
+# ``NotFittedError`` and ``ConvergenceWarning`` catches daskem's too. They are made on
+# first use (PEP 562): the engine and the kernels import this module on every worker, and
+# they never need scikit-learn.
+_SKLEARN_SUBCLASSES = {
+    "NotFittedError": (DaskemError, "NotFittedError",
+                       "A method that needs a fitted model was called before ``fit``."),
+    "ConvergenceWarning": (DaskemWarning, "ConvergenceWarning",
+                           "A fit stopped at ``max_iter`` before meeting its tolerance."),
+}
+
+
+def __getattr__(name: str):
+    if name not in _SKLEARN_SUBCLASSES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from sklearn import exceptions
+
+    base, sklearn_name, doc = _SKLEARN_SUBCLASSES[name]
+    cls = type(name, (base, getattr(exceptions, sklearn_name)),
+               {"__doc__": doc, "__module__": __name__})
+    globals()[name] = cls
+    return cls

@@ -133,5 +133,5 @@ def test_a_batch_with_other_features_is_refused(X):
         gm = GaussianMixture(2, random_state=0).partial_fit(X[:2000])
     km = KMeans(2, random_state=0).partial_fit(X[:2000])
     for est in (gm, km):
-        with pytest.raises(DataError, match="X has 2 features, but .* was fitted with 3"):
+        with pytest.raises(DataError, match="X has 2 features, but .* expecting 3 features"):
             est.partial_fit(X[:100, :2])

@@ -27,7 +27,7 @@ def X():
 
 @pytest.mark.parametrize("make", ESTIMATORS)
 def test_one_dimensional_input_refused_with_hint(make, X):
-    with pytest.raises(DataError, match=r"2-D.*reshape"):
+    with pytest.raises(DataError, match=r"2-D.*Reshape your data with X.reshape\(-1, 1\)"):
         make().fit(X[:, 0])
 
 
@@ -35,8 +35,13 @@ def test_one_dimensional_input_refused_with_hint(make, X):
 @pytest.mark.parametrize("bad", [np.array([["a", "b"]] * 10), np.array([[1 + 2j]] * 10),
                                  np.array([[None, 1.0]] * 10, dtype=object)])
 def test_non_numeric_dtype_refused(make, bad):
-    with pytest.raises(DataError, match="dtype"):
+    # In memory, scikit-learn's check_array words it; lazily, the data layer names the dtype.
+    # (None in an object array is a missing value: refused as non-finite, naming the row.)
+    with pytest.raises(DataError, match="convert string to float|Complex data not supported|"
+                                        "non-finite value.*row 0"):
         make().fit(bad)
+    with pytest.raises(DataError, match="dtype"):
+        make().fit(da.from_array(bad, chunks=5))
 
 
 @pytest.mark.parametrize("make", ESTIMATORS)
@@ -116,7 +121,8 @@ def test_predict_checks(make, X):
     with pytest.raises(NotFittedError, match="not fitted yet"):
         est.predict(X)
     est.fit(X)
-    with pytest.raises(DataError, match="X has 2 features, but the model was fitted with 3"):
+    with pytest.raises(DataError, match=f"X has 2 features, but {type(est).__name__} is "
+                                        "expecting 3 features as input"):
         est.predict(X[:, :2])
 
 
@@ -152,5 +158,5 @@ def test_sklearn_clone_and_params():
     copy = clone(gm)
     assert copy.get_params() == gm.get_params()
     assert "covariance_type='tied'" in repr(gm)
-    with pytest.raises(ParameterError, match="invalid parameter 'colour'"):
+    with pytest.raises(ValueError, match="Invalid parameter 'colour'"):
         gm.set_params(colour="red")

@@ -8,6 +8,8 @@ Policy on input types (the estimators' docs repeat it):
 * strings, objects, complex numbers, dates and anything else are refused.
 * the data must be 2-D (n_samples, n_features); a 1-D array is refused with a hint.
 * non-finite values (NaN, ±inf) are refused, naming the first row that has one.
+* sparse matrices (``scipy.sparse``, in memory or as the chunks of a dask array) are kept
+  sparse in memory and made dense one chunk at a time, inside each task.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Protocol
 import dask
 import dask.array as da
 import numpy as np
+import scipy.sparse
 
 from daskem.engine.reduce import DEFAULT_SPLIT_EVERY, ReadRows, map_reduce
 from daskem.errors import DataError, DataWarning
@@ -168,6 +171,8 @@ def _as_dask(X, what: str) -> tuple[da.Array, bool]:
         X = X.data
     if isinstance(X, da.Array):
         return X, False
+    if scipy.sparse.issparse(X):
+        return X.tocsr(), True
     if hasattr(X, "__dask_graph__"):
         raise DataError(f"{what} is a {type(X).__name__}; pass a dask array "
                         "(for a dask DataFrame: df.to_dask_array(lengths=True))")
@@ -178,6 +183,14 @@ def _as_dask(X, what: str) -> tuple[da.Array, bool]:
     return arr, True
 
 
+def not_two_d(what: str, shape: tuple) -> str:
+    """The error for data that are not (n_samples, n_features)."""
+    hint = (". Reshape your data with X.reshape(-1, 1) for a single feature or "
+            "X.reshape(1, -1) for a single sample") if len(shape) == 1 else ""
+    return (f"{what} must be 2-D (n_samples, n_features); got {len(shape)}-D with shape "
+            f"{tuple(shape)}{hint}")
+
+
 def _check_dtype(dtype: np.dtype, what: str) -> np.dtype:
     if dtype.kind == "f":
         return np.dtype(np.float32) if dtype.itemsize <= 4 else np.dtype(np.float64)
@@ -186,6 +199,17 @@ def _check_dtype(dtype: np.dtype, what: str) -> np.dtype:
     raise DataError(
         f"{what} has dtype {dtype}; daskem needs numbers (float32, float64, integers or "
         "booleans)")
+
+
+def in_memory_chunks(arr, dtype: np.dtype, chunk_rows: int | None = None) -> da.Array:
+    """An in-memory array (NumPy, or sparse CSR) as a dask array of row-chunks of about
+    ``DEFAULT_CHUNK_BYTES`` once dense (or ``chunk_rows`` rows)."""
+    if scipy.sparse.issparse(arr):
+        arr = arr.astype(dtype)
+    else:
+        arr = np.asarray(arr, dtype=dtype)
+    rows = chunk_rows or max(1, DEFAULT_CHUNK_BYTES // max(arr.shape[1] * dtype.itemsize, 1))
+    return da.from_array(arr, chunks=(min(rows, max(arr.shape[0], 1)), -1), asarray=False)
 
 
 def as_chunked(X, sample_weight=None, *, chunk_rows: int | None = None, what: str = "X",
@@ -199,14 +223,10 @@ def as_chunked(X, sample_weight=None, *, chunk_rows: int | None = None, what: st
         return _reader_chunked(X, sample_weight, chunk_rows, what)
     arr, from_memory = _as_dask(X, what)
     if arr.ndim != 2:
-        hint = " (reshape with X.reshape(-1, 1) for a single feature)" if arr.ndim == 1 else ""
-        raise DataError(f"{what} must be 2-D (n_samples, n_features); got {arr.ndim}-D "
-                        f"with shape {arr.shape}{hint}")
+        raise DataError(not_two_d(what, arr.shape))
     dtype = _check_dtype(arr.dtype, what)
     if from_memory:
-        arr = np.asarray(arr, dtype=dtype)
-        rows = chunk_rows or max(1, DEFAULT_CHUNK_BYTES // max(arr.shape[1] * dtype.itemsize, 1))
-        arr = da.from_array(arr, chunks=(min(rows, max(arr.shape[0], 1)), -1))
+        arr = in_memory_chunks(arr, dtype, chunk_rows)
     else:
         if arr.dtype != dtype:
             arr = arr.astype(dtype)
@@ -233,8 +253,7 @@ def as_chunked(X, sample_weight=None, *, chunk_rows: int | None = None, what: st
 
 def _reader_chunked(reader, sample_weight, chunk_rows, what) -> ChunkedData:
     if len(reader.shape) != 2:
-        raise DataError(f"{what} must be 2-D (n_samples, n_features); got shape "
-                        f"{reader.shape}")
+        raise DataError(not_two_d(what, reader.shape))
     _check_dtype(np.dtype(reader.dtype), what)
     if reader.shape[0] == 0:
         raise DataError(f"{what} has 0 samples")

@@ -87,10 +87,16 @@ class ReadRows:
         return self.reader.read(self.start, self.stop)
 
 
+def dense_chunk(x):
+    """A chunk as a NumPy array: a sparse chunk (``scipy.sparse``) is made dense here, one
+    chunk at a time, so that the kernels see NumPy arrays only."""
+    return x.toarray() if hasattr(x, "toarray") and hasattr(x, "nnz") else x
+
+
 def _apply_kernel(kernel, x, w, offset, payload: _Payload):
     if isinstance(x, ReadRows):
         x = x.read()
-    return kernel(x, w, offset, payload.value)
+    return kernel(dense_chunk(x), w, offset, payload.value)
 
 
 def _combine(parts: list):

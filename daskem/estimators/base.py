@@ -2,51 +2,33 @@
 
 from __future__ import annotations
 
-import inspect
+import functools
 import numbers
 
 import numpy as np
+import scipy.sparse
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import validate_data
 
-from daskem.engine.data import ChunkedData, _as_dask, _check_dtype, as_chunked, summarise
+from daskem.engine.data import (
+    ChunkedData,
+    _as_dask,
+    _check_dtype,
+    as_chunked,
+    in_memory_chunks,
+    is_row_reader,
+    not_two_d,
+    summarise,
+)
 from daskem.engine.em import WithFixed
-from daskem.engine.reduce import span
+from daskem.engine.reduce import dense_chunk, span
 from daskem.errors import DataError, NotFittedError, ParameterError
 from daskem.kernels.summary import Summary
 
 
-class ParamsMixin:
-    """scikit-learn's ``get_params`` / ``set_params`` protocol, so ``clone`` works."""
-
-    @classmethod
-    def _param_names(cls) -> list[str]:
-        sig = inspect.signature(cls.__init__)
-        return [p.name for p in sig.parameters.values()
-                if p.name != "self" and p.kind != p.VAR_KEYWORD]
-
-    def get_params(self, deep: bool = True) -> dict:
-        return {name: getattr(self, name) for name in self._param_names()}
-
-    def set_params(self, **params):
-        valid = self._param_names()
-        for key, value in params.items():
-            if key not in valid:
-                raise ParameterError(
-                    f"invalid parameter {key!r} for {type(self).__name__}; valid: {valid}")
-            setattr(self, key, value)
-        return self
-
-    def __repr__(self) -> str:
-        defaults = {p.name: p.default for p in
-                    inspect.signature(type(self).__init__).parameters.values()}
-        changed = []
-        for name, value in self.get_params().items():
-            default = defaults.get(name)
-            same = value is default or (not isinstance(value, np.ndarray)
-                                        and not isinstance(default, np.ndarray)
-                                        and value == default)
-            if not same:
-                changed.append(f"{name}={value!r}")
-        return f"{type(self).__name__}({', '.join(changed)})"
+class DaskemEstimator(BaseEstimator):
+    """scikit-learn's ``BaseEstimator`` (``get_params``/``set_params``, ``clone``, the
+    repr, tags, feature-name checks) and what daskem's estimators add to it."""
 
     def _set_passes(self, passes: dict) -> None:
         """``passes_``: the full reads of the data the fit made, by phase (summary,
@@ -57,7 +39,8 @@ class ParamsMixin:
     def _check_fitted(self, attribute: str) -> None:
         if not hasattr(self, attribute):
             raise NotFittedError(
-                f"This {type(self).__name__} instance is not fitted yet; call 'fit' first")
+                f"This {type(self).__name__} instance is not fitted yet. Call 'fit' with "
+                "appropriate arguments before using this estimator.")
 
 
 def check_int(name: str, value, minimum: int) -> int:
@@ -106,24 +89,72 @@ def master_rng(random_state) -> np.random.Generator:
                          f"got {random_state!r}")
 
 
+def is_lazy(X) -> bool:
+    """Data that stay where they are: a dask array (or an xarray object over one), another
+    dask collection, or a row reader. Everything else is in memory."""
+    if is_row_reader(X) or hasattr(X, "__dask_graph__"):
+        return True
+    data = getattr(X, "data", None)
+    return hasattr(X, "dims") and hasattr(data, "__dask_graph__")
+
+
+def check_input(estimator, X, *, reset: bool, sparse: bool = False):
+    """``X`` checked at the estimator's door, as scikit-learn's estimators check theirs.
+
+    ``reset=True`` (``fit``) records ``n_features_in_`` and, for a DataFrame,
+    ``feature_names_in_``; ``reset=False`` checks ``X`` against them. In-memory input goes
+    through scikit-learn's ``check_array``: lists, DataFrames, object arrays of numbers
+    become float arrays (float32 and float16 kept for daskem's own policy), sparse input
+    becomes CSR where the estimator takes it and is refused with scikit-learn's message
+    where not; complex, empty and 1-D input get scikit-learn's errors. Non-finite values
+    pass here: the first pass over the data refuses them, naming the row. Lazy input (see
+    :func:`is_lazy`) is not read here; only its shape and names are checked.
+    """
+    if X is None:
+        raise DataError("X is None; expected an array of shape (n_samples, n_features)")
+    lazy = is_lazy(X)
+    shape = np.shape(X if lazy or hasattr(X, "ndim") else np.asarray(X))
+    if len(shape) != 2:
+        raise DataError(not_two_d("X", shape))
+    try:
+        if lazy:
+            validate_data(estimator, X, reset=reset, skip_check_array=True)
+            return X
+        return validate_data(estimator, X, reset=reset,
+                             accept_sparse="csr" if sparse else False,
+                             dtype=[np.float64, np.float32, np.float16],
+                             ensure_all_finite=False)
+    except ValueError as exc:
+        # scikit-learn's words, in daskem's class (a ValueError); its TypeErrors (sparse
+        # input refused, an object that is not a number) stay TypeErrors, as there.
+        raise DataError(str(exc)) from None
+
+
+def _on_dense(func, out_dtype, x, *args):
+    out = func(dense_chunk(x), *args)
+    return out.astype(out_dtype, copy=False) if out_dtype is not None else out
+
+
 def prepare_rows(X, n_features: int):
     """``X`` for a per-sample output: an in-memory array or a dask array (rows chunked).
 
-    Returns ``(array, is_dask)``.
+    Returns ``(array, is_dask)``; a sparse matrix in memory becomes a dask array of
+    sparse row-chunks (each made dense in its own task).
     """
     arr, from_memory = _as_dask(X, "X")
     if arr.ndim != 2:
-        raise DataError(f"X must be 2-D (n_samples, n_features); got {arr.ndim}-D "
-                        f"with shape {arr.shape}")
+        raise DataError(not_two_d("X", arr.shape))
     if arr.shape[1] != n_features:
         raise DataError(f"X has {arr.shape[1]} features, but the model was fitted with "
                         f"{n_features} features")
     dtype = _check_dtype(arr.dtype, "X")
-    if from_memory:
+    if from_memory and not scipy.sparse.issparse(arr):
         arr = np.asarray(arr, dtype=dtype)
         if not np.all(np.isfinite(arr)):
             raise DataError("X contains non-finite values (NaN or inf)")
         return arr, False
+    if from_memory:
+        arr = in_memory_chunks(arr, dtype)
     if arr.dtype != dtype:
         arr = arr.astype(dtype)
     if arr.numblocks[1] > 1:
@@ -132,17 +163,25 @@ def prepare_rows(X, n_features: int):
 
 
 def per_sample(X, n_features: int, func, *args, dtype, n_columns: int | None = None):
-    """``func(x, *args)`` for every row-chunk: lazy for a dask input, eager for NumPy.
+    """``func(x, *args)`` for every row-chunk: lazy for a dask input, eager for in-memory
+    input (sparse input chunk by chunk).
 
-    ``n_columns=None`` means ``func`` returns one value per row.
+    ``n_columns=None`` means ``func`` returns one value per row. A floating ``dtype``
+    means "the data's": float32 data give float32 results, as in scikit-learn.
     """
     arr, is_dask = prepare_rows(X, n_features)
+    out_dtype = arr.dtype if np.dtype(dtype).kind == "f" else np.dtype(dtype)
     if not is_dask:
-        return func(arr, *args)
+        return _on_dense(func, out_dtype, arr, *args)
+    func = functools.partial(_on_dense, func, out_dtype)
     if n_columns is None:
-        return arr.map_blocks(func, *args, dtype=dtype, drop_axis=1)
-    return arr.map_blocks(func, *args, dtype=dtype, chunks=(arr.chunks[0], (n_columns,)))
-
+        out = arr.map_blocks(func, *args, dtype=out_dtype, drop_axis=1,
+                             meta=np.empty(0, out_dtype))
+    else:
+        out = arr.map_blocks(func, *args, dtype=out_dtype,
+                             chunks=(arr.chunks[0], (n_columns,)),
+                             meta=np.empty((0, 0), out_dtype))
+    return out if is_lazy(X) else out.compute()
 
 
 # When the M-step runs: after every pass over the data, or after every block of chunks.
@@ -200,6 +239,9 @@ def start_fit(X, sample_weight, *, n_components: int, what: str, chunk_rows, sam
     data = as_chunked(X, sample_weight, chunk_rows=chunk_rows)
     if data.n_samples < n_components:
         raise DataError(f"n_samples={data.n_samples} should be >= {what}={n_components}")
+    if data.n_samples < 2:
+        raise DataError("n_samples=1: one sample has no variation to fit (daskem refuses data "
+                        "in which no feature varies)")
     if sample_size is None:
         sample_size = default_sample_size(n_components)
     with span("summary"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+from sklearn.base import ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin
 
 from daskem.engine.data import as_chunked
 from daskem.engine.em import EMState, KMeansFamily, evaluate, fit_states
@@ -15,12 +16,13 @@ from daskem.errors import ClusterPolicyWarning, ConvergenceWarning, ParameterErr
 from daskem.estimators.base import (
     DEFAULT_BLOCKS,
     UPDATES,
-    ParamsMixin,
+    DaskemEstimator,
     batch_rows,
     blocks_of,
     check_array_shape,
     check_choice,
     check_float,
+    check_input,
     check_int,
     master_rng,
     per_sample,
@@ -33,6 +35,10 @@ from daskem.kernels.mstep import kmeans_inertia_after, kmeans_labels_stable
 from daskem.kernels.random import spawn_seeds
 
 INITS = ("k-means||", "k-means++", "random")
+# "elkan" is accepted and runs Lloyd's algorithm: the same centers (both are exact), and
+# Elkan's per-row bounds, (n_samples × n_clusters) of state kept between passes, do not
+# pay for themselves when a pass is bound by reading the data.
+ALGORITHMS = ("lloyd", "elkan")
 
 
 def _labels(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
@@ -55,23 +61,27 @@ def _settled(state: EMState, dtype) -> tuple[float, np.ndarray] | None:
     return kmeans_inertia_after(stats, old, state.params), stats.nk
 
 
-class KMeans(ParamsMixin):
+class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin,
+             DaskemEstimator):
     """k-means clustering by Lloyd's algorithm, on NumPy, Dask or xarray data.
 
     Parameters
     ----------
     n_clusters : int, default 8
-    init : {"k-means++", "k-means||", "random"} or array of shape (n_clusters, n_features)
+    init : {"k-means++", "k-means||", "random"}, callable or array of shape \
+(n_clusters, n_features)
         ``"k-means++"`` (default) and ``"random"`` seed from the uniform sample of
         ``sample_size`` rows drawn by the first pass; every restart then runs Lloyd on
         that sample in memory, and only the best (lowest sample inertia) goes on to the
         passes over the data (the others are recorded in ``restarts_``). ``"k-means||"``
         seeds over the whole data in a few passes (Bahmani et al.) and runs every restart
         over the data: better when clusters are too small for the sample to hold more
-        than a handful of their rows.
+        than a handful of their rows. A callable is called as scikit-learn calls it,
+        ``init(X, n_clusters, random_state=RandomState)``, once per restart; the best on
+        the sample goes on over the data.
     n_init : int or "auto", default "auto"
         Restarts; the one with the lowest inertia is kept. ``"auto"``: 1 for k-means||,
-        k-means++ and an array, 10 for random.
+        k-means++ and an array, 10 for random and a callable.
     max_iter : int, default 300
     tol : float, default 1e-4
         Relative tolerance: stop when the squared movement of the centers, summed, is at
@@ -100,6 +110,20 @@ class KMeans(ParamsMixin):
     n_blocks : int, default 16
         Blocks of chunks per pass for ``update="incremental"`` (each block at least 4
         chunks: a block's chunks are its parallelism).
+    verbose : int, default 0
+        Print the best inertia after every pass.
+    copy_x : bool, default True
+        Accepted for scikit-learn's API; daskem never modifies ``X`` (it does not centre
+        the data in place), so both values behave the same.
+    algorithm : {"lloyd", "elkan"}, default "lloyd"
+        ``"elkan"`` is accepted and runs Lloyd's algorithm, which gives the same centers;
+        Elkan's bounds (n_samples × n_clusters of state kept between passes) do not pay
+        for themselves when a pass is bound by reading the data.
+
+    Input is checked as scikit-learn checks it (lists, DataFrames, object arrays of numbers,
+    sparse matrices: CSR, densified one chunk at a time; Dask arrays of ``scipy.sparse``
+    chunks too); ``cluster_centers_`` and ``transform`` follow the data's dtype (float32
+    in, float32 out).
 
     Empty clusters are moved onto the rows farthest from their own centers, which leave the
     clusters they were in (as scikit-learn does); each move is recorded in ``reseeds_`` and
@@ -117,7 +141,7 @@ class KMeans(ParamsMixin):
     def __init__(self, n_clusters=8, *, init="k-means++", n_init="auto", max_iter=300,
                  tol=1e-4, random_state=None, oversampling_factor=2.0, init_max_rounds=5,
                  sample_size=None, split_every=DEFAULT_SPLIT_EVERY, chunk_rows=None,
-                 verbose=0,
+                 verbose=0, copy_x=True, algorithm="lloyd",
                  update="batch", n_blocks=DEFAULT_BLOCKS):
         self.n_clusters = n_clusters
         self.init = init
@@ -133,6 +157,18 @@ class KMeans(ParamsMixin):
         self.update = update
         self.n_blocks = n_blocks
         self.verbose = verbose
+        self.copy_x = copy_x
+        self.algorithm = algorithm
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        return tags
+
+    @property
+    def _n_features_out(self) -> int:
+        """Columns of ``transform``: one per center (``get_feature_names_out``)."""
+        return self.cluster_centers_.shape[0]
 
     def _check_params(self) -> int:
         check_int("n_clusters", self.n_clusters, 1)
@@ -143,11 +179,12 @@ class KMeans(ParamsMixin):
         check_float("oversampling_factor", self.oversampling_factor, 0.0, strict=True)
         check_choice("update", self.update, UPDATES)
         check_int("n_blocks", self.n_blocks, 1)
-        is_array = not isinstance(self.init, str)
-        if not is_array:
+        check_choice("algorithm", self.algorithm, ALGORITHMS)
+        is_array = not isinstance(self.init, str) and not callable(self.init)
+        if isinstance(self.init, str):
             check_choice("init", self.init, INITS)
         if self.n_init == "auto":
-            return 10 if not is_array and self.init == "random" else 1
+            return 10 if callable(self.init) or (not is_array and self.init == "random") else 1
         n_init = check_int("n_init", self.n_init, 1)
         if is_array and n_init != 1:
             warnings.warn(f"Explicit initial center position passed: performing only one init "
@@ -164,6 +201,7 @@ class KMeans(ParamsMixin):
         makes the fit resumable; ``callback(n_pass, states)`` is called after every pass.
         """
         n_init = self._check_params()
+        X = check_input(self, X, reset=True, sparse=True)
         self._counts = None  # a stream of partial_fit calls starts again from this fit
         rng = master_rng(self.random_state)
         data, summary = start_fit(X, sample_weight, n_components=self.n_clusters,
@@ -172,9 +210,11 @@ class KMeans(ParamsMixin):
                                   split_every=self.split_every)
         family = with_fixed(self, KMeansFamily(self.tol * float(np.mean(summary.variance))))
         self.passes_ = data.passes  # counted live during the fit (progress reads it)
-        n_models = 1 if not isinstance(self.init, str) else n_init
+        n_models = 1 if not isinstance(self.init, str) and not callable(self.init) else n_init
 
         def initial():
+            if callable(self.init):
+                return self._called_init(X, rng, n_init, data.n_features, summary, family)
             if not isinstance(self.init, str):
                 return [EMState(check_array_shape("init", self.init,
                                                   (self.n_clusters, data.n_features)))]
@@ -206,10 +246,10 @@ class KMeans(ParamsMixin):
                 split_every=self.split_every)]
         chosen = int(np.argmin([inertia for inertia, _ in final]))
         state = states[ran[chosen]]
-        self._set_state(state, float(final[chosen][0]), data.n_features)
+        self._set_state(state, float(final[chosen][0]), data.n_features, data.dtype)
         self._set_passes(data.passes)
         self.restarts_ = restart_records(states)
-        self.labels_ = self.predict(X)
+        self.labels_ = self._predict(X)
         if state.events:
             warnings.warn(f"{len(state.events)} empty cluster(s) were moved onto the farthest "
                           "rows during the fit (see reseeds_)", ClusterPolicyWarning,
@@ -221,8 +261,26 @@ class KMeans(ParamsMixin):
                           "in X.", ConvergenceWarning, stacklevel=3)
         return self
 
-    def _set_state(self, state: EMState, inertia: float, n_features: int) -> None:
-        self.cluster_centers_ = np.asarray(state.params)
+    def _called_init(self, X, rng, n_init: int, n_features: int, summary, family):
+        """``init`` a callable: ``init(X, n_clusters, random_state)`` (a ``RandomState``)
+        gives every restart's centers, as in scikit-learn; the best on the sample goes on
+        over the data."""
+        states = []
+        for seed in spawn_seeds(rng, n_init):
+            centers = self.init(X, self.n_clusters,
+                                random_state=np.random.RandomState(seed % 2**32))
+            states.append(EMState(check_array_shape("init", centers,
+                                                    (self.n_clusters, n_features))))
+        if len(states) == 1:
+            return states
+        return choose_on_sample(summary, [family] * len(states), states, [0] * len(states),
+                                maximise=False)
+
+    def _set_state(self, state: EMState, inertia: float, n_features: int,
+                   dtype=np.float64) -> None:
+        """The fitted attributes; arrays in the data's ``dtype`` (float32 data give
+        float32 centers, as in scikit-learn; the fit itself runs in float64)."""
+        self.cluster_centers_ = np.asarray(state.params, dtype=dtype)
         self.inertia_ = inertia
         self.inertia_history_ = list(state.objectives)
         self.n_iter_ = state.n_iter
@@ -249,6 +307,7 @@ class KMeans(ParamsMixin):
         """
         n_init = self._check_params()
         fitted = hasattr(self, "cluster_centers_")
+        X = check_input(self, X, reset=not fitted, sparse=True)
         data = batch_rows(self, X, sample_weight, self.n_features_in_ if fitted else None)
         if not fitted:
             centers = self._batch_centers(X, sample_weight, n_init, data.n_features)
@@ -263,8 +322,9 @@ class KMeans(ParamsMixin):
         kparams = KMeansKernelParams.build(centers, data.dtype)
         (stats,) = evaluate(data, [KMeansFamily.kernel], [kparams], label="partial",
                             split_every=self.split_every)
-        self.cluster_centers_, self._counts = kmeans_step(
-            centers, counts, stats, kparams.centers.astype(np.float64))
+        centers, self._counts = kmeans_step(np.asarray(centers, dtype=np.float64), counts,
+                                            stats, kparams.centers.astype(np.float64))
+        self.cluster_centers_ = centers.astype(data.dtype)
         self.inertia_ = float(stats.objective)
         self.n_features_in_ = data.n_features
         self.n_steps_ = getattr(self, "n_steps_", 0) + 1
@@ -296,12 +356,16 @@ class KMeans(ParamsMixin):
     def predict(self, X):
         """Index of the nearest center for every row (lazy for a Dask input)."""
         self._check_fitted("cluster_centers_")
+        return self._predict(check_input(self, X, reset=False, sparse=True))
+
+    def _predict(self, X):
         return per_sample(X, self.n_features_in_, _labels, self.cluster_centers_,
                           dtype=np.int64)
 
     def transform(self, X):
         """Euclidean distance of every row to every center, (n_samples, n_clusters)."""
         self._check_fitted("cluster_centers_")
+        X = check_input(self, X, reset=False, sparse=True)
         return per_sample(X, self.n_features_in_, _distances, self.cluster_centers_,
                           dtype=np.float64, n_columns=self.n_clusters)
 
@@ -311,6 +375,7 @@ class KMeans(ParamsMixin):
     def score(self, X, y=None, sample_weight=None) -> float:
         """Opposite of the inertia of ``X`` under the fitted centers (one pass)."""
         self._check_fitted("cluster_centers_")
+        X = check_input(self, X, reset=False, sparse=True)
         data = as_chunked(X, sample_weight, chunk_rows=self.chunk_rows)
         if data.n_features != self.n_features_in_:
             raise ParameterError(f"X has {data.n_features} features, but the model was "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+from sklearn.base import DensityMixin
 
 from daskem.engine.data import as_chunked
 from daskem.engine.em import EMState, GaussianFamily, best_index, evaluate, fit_states
@@ -15,12 +16,13 @@ from daskem.errors import ClusterPolicyWarning, ConvergenceWarning, DataError, P
 from daskem.estimators.base import (
     DEFAULT_BLOCKS,
     UPDATES,
-    ParamsMixin,
+    DaskemEstimator,
     batch_rows,
     blocks_of,
     check_array_shape,
     check_choice,
     check_float,
+    check_input,
     check_int,
     master_rng,
     per_sample,
@@ -59,7 +61,7 @@ def _score_samples(x, params):
     return responsibilities(x, _kernel_params(params))[1]
 
 
-class GaussianMixture(ParamsMixin):
+class GaussianMixture(DensityMixin, DaskemEstimator):
     """Gaussian mixture fitted by expectation–maximisation, on NumPy, Dask or xarray data.
 
     Parameters follow scikit-learn's ``GaussianMixture``; what daskem adds:
@@ -87,6 +89,11 @@ default "kmeans"
         As for :class:`daskem.KMeans` (``update="incremental"``: incremental EM, an
         M-step after every block of chunks).
 
+    As in scikit-learn: ``max_iter=0`` keeps the initial parameters (``n_iter_`` 0,
+    ``lower_bound_`` −inf, no warning); ``warm_start=True`` makes a second ``fit`` one run
+    (``n_init`` ignored) from the fitted parameters; ``verbose`` prints the best lower
+    bound every ``verbose_interval`` passes. Fitted arrays are float32 for float32 data.
+
     A component whose total responsibility falls below one average sample's weight has
     collapsed: it is re-seeded at the row the model explains worst, with the average
     covariance of the others (recorded in ``reseeds_``, reported with a
@@ -101,8 +108,8 @@ default "kmeans"
                  max_iter=100, n_init=1, init_params="kmeans", weights_init=None,
                  means_init=None, precisions_init=None, random_state=None,
                  assignment="soft", fixed_variance=1.0, sample_size=None,
-                 split_every=DEFAULT_SPLIT_EVERY, chunk_rows=None, verbose=0,
-                 update="batch", n_blocks=DEFAULT_BLOCKS):
+                 split_every=DEFAULT_SPLIT_EVERY, chunk_rows=None, warm_start=False,
+                 verbose=0, verbose_interval=10, update="batch", n_blocks=DEFAULT_BLOCKS):
         self.n_components = n_components
         self.covariance_type = covariance_type
         self.tol = tol
@@ -121,7 +128,9 @@ default "kmeans"
         self.chunk_rows = chunk_rows
         self.update = update
         self.n_blocks = n_blocks
+        self.warm_start = warm_start
         self.verbose = verbose
+        self.verbose_interval = verbose_interval
 
     # ------------------------------------------------------------------ checks
 
@@ -130,8 +139,9 @@ default "kmeans"
         check_choice("covariance_type", self.covariance_type, COVARIANCE_TYPES)
         check_float("tol", self.tol, 0.0)
         check_float("reg_covar", self.reg_covar, 0.0)
-        check_int("max_iter", self.max_iter, 1)
+        check_int("max_iter", self.max_iter, 0)
         check_int("n_init", self.n_init, 1)
+        check_int("verbose_interval", self.verbose_interval, 1)
         check_int("split_every", self.split_every, 2)
         check_choice("init_params", self.init_params, INIT_PARAMS)
         check_choice("assignment", self.assignment, ASSIGNMENTS)
@@ -174,6 +184,10 @@ default "kmeans"
         makes the fit resumable; ``callback(n_pass, states)`` is called after every pass.
         """
         self._check_params()
+        # warm_start: one run from the fitted parameters, as in scikit-learn.
+        warm = bool(self.warm_start) and hasattr(self, "converged_")
+        X = check_input(self, X, reset=not warm)
+        n_init = 1 if warm else self.n_init
         self._running = None  # a stream of partial_fit calls starts again from this fit
         rng = master_rng(self.random_state)
         data, summary = start_fit(X, sample_weight, n_components=self.n_components,
@@ -184,7 +198,9 @@ default "kmeans"
         self.passes_ = data.passes  # counted live during the fit (progress reads it)
 
         def initial():
-            seeds = spawn_seeds(rng, self.n_init)
+            if warm:
+                return [EMState(self._params)]
+            seeds = spawn_seeds(rng, n_init)
             if len(user) == (3 if covariance(self.covariance_type).updated else 2):
                 return [EMState(self._from_user(user, None))] * len(seeds)
             computed = initial_mixtures(data, summary, self._starts(seeds),
@@ -195,17 +211,19 @@ default "kmeans"
             return choose_on_sample(summary, [self._family()] * len(states), states,
                                     [0] * len(states), maximise=True)
 
-        states = fit_states(data, [with_fixed(self, self._family())] * self.n_init, initial,
+        states = fit_states(data, [with_fixed(self, self._family())] * n_init, initial,
                             max_iter=self.max_iter,
                             split_every=self.split_every, checkpoint=checkpoint,
                             n_blocks=blocks_of(self.update, self.n_blocks),
                             callback=callback or (self._report if self.verbose else None))
-        # scikit-learn keeps the first restart with the highest final lower bound.
-        best = best_index(states, maximise=True)
-        self._set_state(states[best], data.n_features)
+        # scikit-learn keeps the first restart with the highest final lower bound; with
+        # max_iter=0, the initial parameters (lower_bound_ is then -inf).
+        best = (best_index(states, maximise=True) if self.max_iter else
+                next(i for i, s in enumerate(states) if not s.dropped))
+        self._set_state(states[best], data.n_features, data.dtype)
         self.restarts_ = restart_records(states)
         self._set_passes(data.passes)
-        if not self.converged_:
+        if not self.converged_ and self.max_iter:
             warnings.warn("Best performing initialization did not converge. Try different "
                           "init parameters, or increase max_iter, tol, or check for "
                           "degenerate data.", ConvergenceWarning, stacklevel=3)
@@ -243,22 +261,25 @@ default "kmeans"
             cov, prec_chol = computed.covariances, computed.precisions_cholesky
         return GaussianParams(ctype, np.asarray(weights), np.asarray(means), cov, prec_chol)
 
-    def _set_state(self, state: EMState, n_features: int) -> None:
+    def _set_state(self, state: EMState, n_features: int, dtype=np.float64) -> None:
+        """The fitted attributes; arrays in the data's ``dtype`` (float32 data give
+        float32 parameters, as in scikit-learn; the fit itself runs in float64)."""
         p: GaussianParams = state.params
-        self.weights_ = p.weights
-        self.means_ = p.means
-        self.covariances_ = p.covariances
-        self.precisions_cholesky_ = p.precisions_cholesky
-        self.precisions_ = covariance(self.covariance_type).precisions(p.precisions_cholesky)
+        precisions = covariance(self.covariance_type).precisions(p.precisions_cholesky)
+        self.weights_, self.means_, self.covariances_, self.precisions_cholesky_, \
+            self.precisions_ = (np.asarray(a, dtype=dtype) for a in (
+                p.weights, p.means, p.covariances, p.precisions_cholesky, precisions))
         self.converged_ = state.converged
         self.n_iter_ = state.n_iter
-        self.lower_bound_ = state.objectives[-1]
+        self.lower_bound_ = state.objectives[-1] if state.objectives else -np.inf
         self.lower_bounds_ = list(state.objectives)
         self.reseeds_ = list(state.events)
         self._fit_stats = state.last
         self.n_features_in_ = n_features
 
     def _report(self, n_pass: int, states) -> None:
+        if n_pass % self.verbose_interval and n_pass > 1:
+            return
         best = max(s.objectives[-1] for s in states if s.objectives)
         print(f"[daskem GaussianMixture] pass {n_pass}: best lower bound {best:.10g}",
               flush=True)
@@ -266,8 +287,9 @@ default "kmeans"
     @property
     def _params(self) -> GaussianParams:
         self._check_fitted("means_")
-        return GaussianParams(self.covariance_type, self.weights_, self.means_,
-                              self.covariances_, self.precisions_cholesky_)
+        return GaussianParams(self.covariance_type, *(
+            np.asarray(a, dtype=np.float64) for a in (
+                self.weights_, self.means_, self.covariances_, self.precisions_cholesky_)))
 
     # ------------------------------------------------------------------ per sample
 
@@ -291,6 +313,7 @@ default "kmeans"
             self.n_steps_ = 1
             return self
         self._check_params()
+        X = check_input(self, X, reset=False)
         data = batch_rows(self, X, sample_weight, self.n_features_in_)
         family = self._family()
         kparams = family.kernel_params(self._params, data.dtype)
@@ -307,7 +330,7 @@ default "kmeans"
                         tuple(self.lower_bounds_) + (lower_bound,),
                         tuple(self.reseeds_) + tuple((self.n_iter_, e) for e in events),
                         last=getattr(self, "_fit_stats", ()))
-        self._set_state(state, self.n_features_in_)
+        self._set_state(state, self.n_features_in_, data.dtype)
         self._set_passes(data.passes)
         if events:
             warnings.warn(f"{len(events)} collapsed component(s) were re-seeded by this "
@@ -319,17 +342,23 @@ default "kmeans"
 
     def predict(self, X):
         """Most probable component of every row (lazy for a Dask input)."""
-        return per_sample(X, self._n_features(), _predict, self._params, dtype=np.int64)
+        return per_sample(self._checked(X), self.n_features_in_, _predict, self._params,
+                          dtype=np.int64)
 
     def predict_proba(self, X):
         """Responsibilities, shape (n_samples, n_components)."""
-        return per_sample(X, self._n_features(), _predict_proba, self._params,
+        return per_sample(self._checked(X), self.n_features_in_, _predict_proba, self._params,
                           dtype=np.float64, n_columns=self.n_components)
 
     def score_samples(self, X):
         """log p(x) of every row under the mixture."""
-        return per_sample(X, self._n_features(), _score_samples, self._params,
+        return per_sample(self._checked(X), self.n_features_in_, _score_samples, self._params,
                           dtype=np.float64)
+
+    def _checked(self, X):
+        """``X`` checked against the fitted model (which must exist)."""
+        self._check_fitted("means_")
+        return check_input(self, X, reset=False)
 
     def _n_features(self) -> int:
         self._check_fitted("means_")
@@ -339,7 +368,7 @@ default "kmeans"
 
     def _log_likelihood(self, X, sample_weight=None):
         """(Σ w log p(x), Σ w, n_samples) in one pass."""
-        data = as_chunked(X, sample_weight, chunk_rows=self.chunk_rows)
+        data = as_chunked(self._checked(X), sample_weight, chunk_rows=self.chunk_rows)
         if data.n_features != self._n_features():
             raise DataError(f"X has {data.n_features} features, but the model was fitted "
                             f"with {self.n_features_in_} features")
@@ -372,8 +401,8 @@ default "kmeans"
         Returns ``(X, y)``: the rows (n_samples, n_features), grouped by component, and
         the component of each.
         """
-        check_int("n_samples", n_samples, 1)
         p = self._params
+        check_int("n_samples", n_samples, 1)
         rng = master_rng(self.random_state)
         counts = rng.multinomial(n_samples, p.weights)
         dense = covariance(self.covariance_type).dense(p.covariances, self.n_components,

@@ -210,7 +210,7 @@ def select_mixture(
     for i, est in enumerate(protos):
         own = states[i * n_init:(i + 1) * n_init]
         best = own[best_index(own, maximise=True)]
-        est._set_state(best, data.n_features)
+        est._set_state(best, data.n_features, data.dtype)
         est.restarts_ = restart_records(own)
         best_states.append(best)
     # One more pass: every candidate's log-likelihood under its final parameters.

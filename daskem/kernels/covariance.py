@@ -45,7 +45,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import linalg
 
-from daskem.errors import FitError
+from daskem.errors import CovarianceError
 
 LOG_2PI = float(np.log(2.0 * np.pi))
 
@@ -54,8 +54,23 @@ QUAD_OUTER = 0  # z_i z_j for i ≤ j, row-major upper triangle: d(d+1)/2 featur
 QUAD_SQUARE = 1  # z_j²: d features
 QUAD_NORM = 2  # ‖z‖²: one feature
 
+def _above_rounding(second_moment: np.ndarray, mean_square: np.ndarray) -> np.ndarray:
+    """Variance as second moment − squared mean, 0 where it is within rounding of zero.
+
+    The difference of two sums cancels: what is left below a few ulps of the second
+    moment is rounding, not spread, so a component collapsed onto one point gets variance
+    0 (then an error when ``reg_covar`` is 0) rather than 1e-16.
+    """
+    var = second_moment - mean_square
+    return np.where(var > 16 * np.finfo(np.float64).eps * second_moment, var, 0.0)
+
+
+def _components(bad: list) -> str:
+    return f"component {bad[0]} has" if len(bad) == 1 else f"components {bad} have"
+
+
 _ILL_DEFINED = (
-    "Fitting the mixture model failed because component(s) {which} have an ill-defined "
+    "Fitting the mixture model failed because {which} an ill-defined "
     "empirical covariance (for instance caused by singleton or collapsed samples). "
     "Try to decrease the number of components, increase reg_covar, or scale the input data."
 )
@@ -165,13 +180,13 @@ class CovarianceType:
     def precision_cholesky(self, covariances: np.ndarray) -> np.ndarray:
         """Cholesky factor of the precision of each component, in float64.
 
-        Raises :class:`~daskem.errors.FitError` naming the components whose covariance is
+        Raises :class:`~daskem.errors.CovarianceError` naming the components whose covariance is
         not positive definite.
         """
         covariances = np.asarray(covariances, dtype=np.float64)
         bad = np.flatnonzero(~(covariances > 0.0)).tolist()
         if bad:
-            raise FitError(_ILL_DEFINED.format(which=bad))
+            raise CovarianceError(_ILL_DEFINED.format(which=_components(bad)))
         return 1.0 / np.sqrt(covariances)
 
     def covariances_from_cholesky(self, prec_chol: np.ndarray) -> np.ndarray:
@@ -255,11 +270,11 @@ class Full(CovarianceType):
             # precision = cov⁻¹ = L⁻ᵀ L⁻¹, so U = L⁻ᵀ is an upper factor with U Uᵀ = cov⁻¹.
             out[k] = linalg.solve_triangular(cov_chol, np.eye(cov.shape[0]), lower=True).T
         if bad:
-            raise FitError(_ILL_DEFINED.format(which=self._which(bad)))
+            raise CovarianceError(_ILL_DEFINED.format(which=self._which(bad)))
         return out.reshape(np.shape(covariances))
 
     def _which(self, bad):
-        return bad
+        return _components(bad)
 
     def covariances_from_cholesky(self, prec_chol):
         stack = self._stack(np.asarray(prec_chol, dtype=np.float64))
@@ -321,7 +336,7 @@ class Tied(Full):
         return covariances[None]
 
     def _which(self, bad):
-        return "the tied covariance"
+        return "the tied covariance (shared by all components) has"
 
     def log_det(self, prec_chol, n_features):
         return super().log_det(prec_chol, n_features)[0]
@@ -346,7 +361,7 @@ class Diag(CovarianceType):
         return precision, precision * centred
 
     def covariances(self, s2, nk, delta, reg_covar, fixed_variance):
-        return np.maximum(s2 / nk[:, None] - delta**2, 0.0) + reg_covar
+        return _above_rounding(s2 / nk[:, None], delta**2) + reg_covar
 
     def from_responsibilities(self, x, rw, nk, means, reg_covar, fixed_variance):
         return _weighted_squares(x, rw, means) / nk[:, None] + reg_covar
@@ -355,7 +370,7 @@ class Diag(CovarianceType):
         covariances = np.asarray(covariances, dtype=np.float64)
         bad = np.unique(np.nonzero(~(covariances > 0.0))[0]).tolist()
         if bad:
-            raise FitError(_ILL_DEFINED.format(which=bad))
+            raise CovarianceError(_ILL_DEFINED.format(which=_components(bad)))
         return 1.0 / np.sqrt(covariances)
 
     def log_det(self, prec_chol, n_features):
@@ -382,7 +397,7 @@ class Spherical(CovarianceType):
 
     def covariances(self, s2, nk, delta, reg_covar, fixed_variance):
         d = delta.shape[1]  # the mean of the diagonal
-        return np.maximum(s2 / (nk * d) - (delta**2).mean(axis=1), 0.0) + reg_covar
+        return _above_rounding(s2 / (nk * d), (delta**2).mean(axis=1)) + reg_covar
 
     def from_responsibilities(self, x, rw, nk, means, reg_covar, fixed_variance):
         return (_weighted_squares(x, rw, means) / nk[:, None] + reg_covar).mean(axis=1)
