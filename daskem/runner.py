@@ -24,7 +24,6 @@ from distributed.diagnostics.plugin import WorkerPlugin
 from daskem.config import ClusterConfig, ConfigError, FromRun, RunConfig
 from daskem.engine.em import EMState
 from daskem.errors import DataError
-from daskem.estimators import GaussianMixture, KMeans
 from daskem.io.outputs import write_outputs
 from daskem.io.source import Source, open_source
 from daskem.kernels.covariance import covariance
@@ -135,6 +134,8 @@ def _common_settings(config: RunConfig) -> dict:
 def build_estimator(config: RunConfig, **warm):
     """The estimator a config describes (``warm``: the initial parameters of a warm start,
     see :func:`warm_start`)."""
+    from daskem.estimators import GaussianMixture, KMeans  # (scikit-learn: only when fitting)
+
     m = config.model
     init = m.init if isinstance(m.init, str) else None
     if m.kind == "kmeans":
@@ -405,7 +406,7 @@ def open_store(config: RunConfig, source: Source, warm: WarmModel | None = None,
 
 def model_record(estimator, source: Source) -> tuple[str, dict, dict, dict]:
     """(kind, arrays, attributes, history) of a fitted estimator, for the run store."""
-    if isinstance(estimator, KMeans):
+    if hasattr(estimator, "cluster_centers_"):  # k-means
         arrays = {"cluster_centers": estimator.cluster_centers_}
         attrs = {"inertia": estimator.inertia_}
         history = {"objective": np.asarray(estimator.inertia_history_)}
@@ -449,6 +450,8 @@ def load_estimator(store: RunStore):
 def estimator_from_model(kind: str, arrays: dict, attrs: dict, objectives: tuple):
     """A fitted estimator from a model as :meth:`RunStore.read_model` returns it and its
     objective per iteration (``history/objective``)."""
+    from daskem.estimators import GaussianMixture, KMeans
+
     params = attrs["params"]
     last = stats_from("stats", arrays)
     last = last[0] if last else ()

@@ -315,3 +315,17 @@ def test_scikit_learn_stays_out_of_the_engine_and_the_workers():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "False", out.stderr
+
+
+@pytest.mark.parametrize("ours, theirs", [(KMeans, cluster.KMeans),
+                                          (GaussianMixture, mixture.GaussianMixture)])
+def test_every_parameter_attribute_and_method_of_scikit_learns(ours, theirs, X):
+    assert set(theirs().get_params()) <= set(ours().get_params())
+    public = {name for name in dir(theirs) if not name.startswith("_")}
+    assert public <= set(dir(ours)), public - set(dir(ours))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a = ours(3, random_state=0).fit(X)
+        b = theirs(3, random_state=0).fit(X)
+    fitted = {name for name in vars(b) if name.endswith("_") and not name.startswith("_")}
+    assert fitted <= set(vars(a)), fitted - set(vars(a))
