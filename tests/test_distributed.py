@@ -9,7 +9,7 @@ import dask.array as da
 import numpy as np
 import pytest
 from conftest import make_blobs
-from distributed import Client, LocalCluster
+from distributed import Client, LocalCluster, get_task_stream
 
 from daskem import ConvergenceWarning, GaussianMixture, KMeans
 from daskem.kernels import estep
@@ -173,3 +173,25 @@ def test_spans_group_a_fit_by_iteration_and_phase(data):
     init = [name for name in found if name[:2] == (*fit, "initialisation")]
     assert (*fit, "initialisation", "init iteration 1") in init
     assert not any(name[:1] != fit and name != ("default",) for name in found), found
+
+
+def test_one_in_memory_chunk_runs_in_process_with_the_workers_arithmetic(data):
+    """NumPy input that makes one chunk is fitted in the client process (no task reaches a
+    worker), and gives bit for bit what the same chunk gives on the cluster."""
+    X, _ = data
+    one_chunk = da.from_array(X, chunks=(len(X), -1))
+    cluster, client = cluster_client(2)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            with get_task_stream(client) as stream:
+                local = fit_all(X)
+            assert not [t for t in stream.data if "daskem" in str(t["key"])]
+            with get_task_stream(client) as stream:
+                remote = fit_all(one_chunk.persist())
+            assert [t for t in stream.data if "daskem-estep" in str(t["key"])]
+    finally:
+        client.close()
+        cluster.close()
+    for key in local:
+        np.testing.assert_array_equal(local[key], remote[key], err_msg=key)

@@ -22,6 +22,7 @@ import dask
 import dask.array as da
 import numpy as np
 import scipy.sparse
+from threadpoolctl import threadpool_limits
 
 from daskem.engine.reduce import DEFAULT_SPLIT_EVERY, ReadRows, map_reduce
 from daskem.errors import DataError, DataWarning
@@ -83,6 +84,8 @@ class ChunkedData:
     task_rows: int | None = None
     # Full reads of the data so far, by phase (see PASS_PHASES): the budget of a fit.
     passes: dict = field(default_factory=dict)
+    # In-memory data of one chunk: its passes run in this process (see as_chunked).
+    local: bool = False
 
     def __post_init__(self) -> None:
         if self.reader is not None:
@@ -129,10 +132,21 @@ class ChunkedData:
         pass only when the blocks cover every chunk (an incremental sweep counts its pass
         itself, with :meth:`count_pass`).
         """
+        if self.local:
+            # As on a worker: one BLAS thread (threaded BLAS on blocks of 256 rows spends
+            # more time starting threads than computing: 23 ms against 7 ms per iteration
+            # of a 20,000 × 8, K = 8 mixture), and the same arithmetic as there.
+            with threadpool_limits(1):
+                return self._map_reduce(kernel, payload, phase, label, split_every, blocks,
+                                        "sync")
+        return self._map_reduce(kernel, payload, phase, label, split_every, blocks, None)
+
+    def _map_reduce(self, kernel, payload, phase, label, split_every, blocks, scheduler):
         if blocks is None:
             self.count_pass(phase)
             return map_reduce(self.chunks, self.weight_chunks, self.offsets, kernel, payload,
-                              phase=phase, label=label, split_every=split_every)
+                              phase=phase, label=label, split_every=split_every,
+                              scheduler=scheduler)
         roots = []
         for j, (a, b) in enumerate(blocks):
             weights = None if self.weight_chunks is None else self.weight_chunks[a:b]
@@ -141,7 +155,7 @@ class ChunkedData:
                                     split_every=split_every, compute=False))
         if sum(b - a for a, b in blocks) == self.n_chunks:
             self.count_pass(phase)
-        return list(dask.compute(*roots))
+        return list(dask.compute(*roots, scheduler=scheduler))
 
     def block_ranges(self, n_blocks: int) -> list[tuple[int, int]]:
         """``n_blocks`` consecutive ranges of chunks, as even as possible, each of at
@@ -218,6 +232,11 @@ def as_chunked(X, sample_weight=None, *, chunk_rows: int | None = None, what: st
 
     NumPy input is cut into chunks of about 32 MiB (or ``chunk_rows`` rows) and persisted
     once, so that a distributed scheduler receives it once rather than every iteration.
+    In-memory data that make a single chunk stay here and every pass over them runs in
+    this process: one task per pass gains nothing from a cluster, and shipping it there
+    costs a pass about 25 ms of scheduling and transfer (``scripts/bench_overhead.py``).
+    The result is the same computation on the same chunk, with one BLAS thread as on a
+    worker.
     """
     if is_row_reader(X):
         return _reader_chunked(X, sample_weight, chunk_rows, what)
@@ -245,10 +264,11 @@ def as_chunked(X, sample_weight=None, *, chunk_rows: int | None = None, what: st
     weights = None
     if sample_weight is not None:
         weights = _as_weights(sample_weight, n_samples, arr.chunks[0])
-    if from_memory and persist_memory:
+    local = from_memory and arr.numblocks[0] == 1
+    if from_memory and persist_memory and not local:
         arr = arr.persist()
         weights = weights.persist() if weights is not None else None
-    return ChunkedData(arr, weights, from_memory)
+    return ChunkedData(arr, weights, from_memory, local=local)
 
 
 def _reader_chunked(reader, sample_weight, chunk_rows, what) -> ChunkedData:

@@ -131,13 +131,15 @@ def map_reduce(
     label: str = "",
     split_every: int = DEFAULT_SPLIT_EVERY,
     compute: bool = True,
+    scheduler: str | None = None,
 ):
     """Run ``kernel(x, w, offset, payload)`` on every chunk and add the results up.
 
     ``chunks`` are the row-chunks of a dask array, or blocks a task reads itself.
     ``kernel`` must return an object whose ``+`` merges partial results. ``payload`` (the
     parameters of the models being fitted) is handed to every chunk task (see
-    ``EMBED_PAYLOAD_BYTES``). With ``compute=False`` the ``Delayed`` root is returned.
+    ``EMBED_PAYLOAD_BYTES``). With ``compute=False`` the ``Delayed`` root is returned;
+    ``scheduler`` (for ``dask.compute``) is None for dask's default.
     """
     if not chunks:
         raise ValueError("the data have no chunks")
@@ -170,5 +172,5 @@ def map_reduce(
     result = Delayed(root, hlg, layer=map_name)
     if not compute:
         return result
-    (value,) = dask.compute(result)
+    (value,) = dask.compute(result, scheduler=scheduler)
     return value
