@@ -132,12 +132,12 @@ def main() -> None:
     import sklearn.cluster  # noqa: F401
     import sklearn.mixture  # noqa: F401
 
-    from daskem.kernels.estep import warm_up_kernels
+    from daskem.kernels import compiled
 
     numba_import, cold, warm = compile_times()
     print(f"compiled kernels, in a fresh process: import numba + module {numba_import:.2f} s, "
           f"compile all (cold cache) {cold:.2f} s, load all (warm cache) {warm:.2f} s")
-    warm_up_kernels()
+    compiled.warm_up()
     rows = []
     with threadpool_limits(1):
         for run in range(1, args.repeat + 1):
