@@ -569,7 +569,7 @@ def run_job(config: RunConfig, reporter: Reporter, *, force: bool = False,
                 reporter.info(f"holding fixed the statistics of the {source.first_row:,} "
                               f"rows fitted in {warm.path}")
             kind = config.model.kind
-            reporter.info(f"fitting {estimator!r}")
+            reporter.info("fitting " + " ".join(repr(estimator).split()))  # one line
             reporter.started = time.monotonic()
             estimator.fit(rows, checkpoint=store, callback=lambda n, states: reporter.iteration(
                 n, states, kind, config.model.max_iter, passes=estimator.passes_))
