@@ -8,9 +8,11 @@ YAML keys equal the Python field names.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -272,11 +274,35 @@ def _error_path(error: dict) -> str:
 _UNION_MEMBERS = {"FromRun", "SecurityConfig", "ClusterConfig", "SelectConfig"}
 
 
+def _section_at(parts: list[str]):
+    """The config section (a model class) at a key path, or None past the sections."""
+    model = RunConfig
+    for part in parts:
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        candidates = [field.annotation, *typing.get_args(field.annotation)]
+        model = next((c for c in candidates if isinstance(c, type)
+                      and issubclass(c, BaseModel)), None)
+        if model is None:
+            return None
+    return model
+
+
+def _unknown_key(path: str) -> str:
+    """``path: unknown key``, with the nearest key of its section when one is close."""
+    *section, key = path.split(".")
+    model = _section_at(section)
+    close = difflib.get_close_matches(key, list(model.model_fields), n=1) if model else []
+    hint = f" (did you mean {'.'.join([*section, close[0]])}?)" if close else ""
+    return f"{path}: unknown key{hint}"
+
+
 def _format_error(error: dict) -> str:
     path = _error_path(error)
     kind = error["type"]
     if kind == "extra_forbidden":
-        return f"{path}: unknown key"
+        return _unknown_key(path)
     if kind == "missing":
         return f"{path}: required key is missing"
     if kind == "literal_error":
@@ -312,6 +338,13 @@ def _set_override(raw: dict, assignment: str) -> None:
         raise ConfigError(f"--set {assignment!r}: expected key.path=value")
     key, _, value = assignment.partition("=")
     parts = key.strip().split(".")
+    # The key must exist in the schema: say so here, naming --set, not the config file.
+    for depth in range(1, len(parts) + 1):
+        section = _section_at(parts[:depth - 1])
+        if section is None:
+            break
+        if parts[depth - 1] not in section.model_fields:
+            raise ConfigError(f"--set {assignment!r}: {_unknown_key('.'.join(parts[:depth]))}")
     target = raw
     for part in parts[:-1]:
         node = target.get(part)

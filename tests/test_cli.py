@@ -218,3 +218,20 @@ def test_join_cluster_fsspec_url_json_log_and_predict(tmp_path, small_store):
     labels = zarr.open_group(str(out), mode="r")["labels"][...]
     np.testing.assert_array_equal(
         labels, zarr.open_group(str(store), mode="r")["outputs"]["labels"][...])
+
+
+@pytest.mark.parametrize("assignment, said", [
+    ("model.n_component=8", "--set 'model.n_component=8': model.n_component: unknown key "
+                            "(did you mean model.n_components?)"),
+    ("modle.n_components=8", "--set 'modle.n_components=8': modle: unknown key "
+                             "(did you mean model?)"),
+    ("model.colour=red", "--set 'model.colour=red': model.colour: unknown key\n"),
+])
+def test_set_names_a_wrong_key_and_the_nearest_one(tmp_path, assignment, said):
+    config = write_config(tmp_path, "c", data={"path": str(tmp_path / "x.zarr")},
+                          model={"kind": "gmm", "n_components": 3})
+    out = run_cli("validate", str(config), "--set", assignment)
+    assert out.returncode == 2
+    assert said.rstrip("\n") in out.stderr
+    assert ("did you mean" in out.stderr) == ("did you mean" in said)
+    assert len(out.stderr.strip().splitlines()) == 1

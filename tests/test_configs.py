@@ -45,6 +45,8 @@ BASE = {"data": {"path": "data/demo.zarr"}, "run": {"store": "runs/x.zarr"}}
 
 @pytest.mark.parametrize("change,message", [
     ({"model": {"colour": "red"}}, "model.colour: unknown key"),
+    ({"model": {"n_component": 3}},
+     "model.n_component: unknown key (did you mean model.n_components?)"),
     ({"model": {"n_components": "many"}}, "model.n_components"),
     ({"model": {"covariance_type": "ful"}}, "model.covariance_type: expected one of"),
     ({"model": {"kind": "kmeans", "init": "kmeans"}}, "init 'kmeans' is not available"),
@@ -56,7 +58,7 @@ def test_config_mistakes_name_the_key(tmp_path, change, message):
     raw = {k: dict(v) for k, v in BASE.items()}
     for section, values in change.items():
         raw[section] = values if section != "data" else values
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(write(tmp_path, raw))
 
 
@@ -90,6 +92,8 @@ def run_cli(*args, cwd=None):
 
 @pytest.mark.parametrize("change,message", [
     ({"model": {"colour": "red"}}, "model.colour: unknown key"),
+    ({"model": {"n_component": 3}},
+     "model.n_component: unknown key (did you mean model.n_components?)"),
     ({"model": {"n_components": "many"}}, "model.n_components"),
     ({"model": {"covariance_type": "ful"}}, "model.covariance_type"),
     ({"data": {"path": "no/such/store.zarr"}}, "data.path: no Zarr store"),
