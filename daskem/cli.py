@@ -22,12 +22,14 @@ from daskem.lease import LeaseHeld, LeaseLost
 from daskem.stopping import JobStopped, Stopper
 from daskem.store import RunStore, RunStoreError, format_passes, no_run_store
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Fit k-means and Gaussian mixtures on Dask clusters, from Zarr and "
                        "xarray feature stores.")
 
-ConfigArg = Annotated[Path, typer.Argument(help="YAML config file (see configs/)")]
-SetOpt = Annotated[list[str], typer.Option("--set", help="override a key: --set "
+ConfigArg = Annotated[Path, typer.Argument(help="YAML config file (see configs/)",
+                                                   metavar="CONFIG")]
+SetOpt = Annotated[list[str], typer.Option("--set", metavar="KEY=VALUE",
+                                           help="override a key: --set "
                                            "model.n_components=12 (repeatable)")]
 
 
@@ -207,7 +209,8 @@ def validate(config: ConfigArg, set_: SetOpt = []) -> None:  # noqa: B006
 
 @app.command()
 def inspect(
-    run_store: Annotated[str, typer.Argument(help="path or URL of a run store")],
+    run_store: Annotated[str, typer.Argument(help="path or URL of a run store",
+                                             metavar="RUN_STORE")],
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """What a run store holds: status, iterations, objective history, parameters, config."""
@@ -284,7 +287,8 @@ def inspect(
 
 @app.command()
 def predict(
-    run_store: Annotated[str, typer.Argument(help="a run store holding a fitted model")],
+    run_store: Annotated[str, typer.Argument(help="a run store holding a fitted model",
+                                             metavar="RUN_STORE")],
     data: Annotated[Path | None, typer.Option(help="config whose data section to label "
                                               "(default: the run's own data)")] = None,
     out: Annotated[str | None, typer.Option(help="Zarr store for the outputs (default: "
@@ -302,7 +306,8 @@ def predict(
 
 @app.command()
 def report(
-    run_store: Annotated[str, typer.Argument(help="a run store holding a fitted model")],
+    run_store: Annotated[str, typer.Argument(help="a run store holding a fitted model",
+                                             metavar="RUN_STORE")],
     out: Annotated[Path | None, typer.Option(help="directory for report.html and its PNGs "
                                              "(default: <run store>-report)")] = None,
     sample_rows: Annotated[int, typer.Option(min=100, help="rows of the data to plot")] = 4000,

@@ -235,3 +235,13 @@ def test_set_names_a_wrong_key_and_the_nearest_one(tmp_path, assignment, said):
     assert said.rstrip("\n") in out.stderr
     assert ("did you mean" in out.stderr) == ("did you mean" in said)
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_help_reads_as_prose():
+    """--help reflows the docstrings and shows no type tags for flags."""
+    out = run_cli("run", "--help")
+    assert out.returncode == 0
+    assert "<bool>" not in out.stdout and "<list[str]>" not in out.stdout
+    assert "--set KEY=VALUE" in out.stdout
+    top = run_cli("--help").stdout
+    assert "keep the best\n" not in top and "select" in top
