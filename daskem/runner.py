@@ -522,6 +522,8 @@ def run_job(config: RunConfig, reporter: Reporter, *, force: bool = False,
     store = RunStore(config.run.store)
     warm = read_warm_model(config)
     probed = probe_data(config, warm)  # metadata and the chunk listing: no pass
+    if store.exists():
+        store.check_config(config.result_hash())  # before a cluster starts
     fresh = False
     if store.exists() and store.attrs.get("config_hash") == config.result_hash() and \
             store.attrs.get("status") == "complete":

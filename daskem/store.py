@@ -256,16 +256,24 @@ class RunStore:
         return [k for k in FINGERPRINT_KEYS if old.get(k) != fingerprint.get(k)
                 and not (k == "chunks" and (old.get(k) is None or fingerprint.get(k) is None))]
 
-    def check_compatible(self, config_hash: str, fingerprint: dict, *, force: bool = False) -> None:
-        """Refuse a store made by another config, or over data that changed shape."""
+    def check_config(self, config_hash: str) -> None:
+        """Refuse a store that is not a run store, or was made by another config (checked
+        before a job starts a cluster)."""
         attrs = self.attrs
         if attrs.get("daskem_run_store") is None:
             raise RunStoreError(f"{self.path} exists but is not a daskem run store; "
-                                "choose another run.store")
+                                "start the run elsewhere with --set run.store=PATH")
         if attrs.get("config_hash") != config_hash:
-            raise RunStoreError(
-                f"{self.path} was made by a different config (its data, model or fit "
-                "section differs); use another run.store, or delete the store to start over")
+            error = RunStoreError(f"{self.path} was made by a different config (its data, "
+                                  "model or fit section differs)")
+            error.remedy = ("start a new run with --set run.store=PATH (another path), or "
+                            "delete the store to start over")
+            raise error
+
+    def check_compatible(self, config_hash: str, fingerprint: dict, *, force: bool = False) -> None:
+        """Refuse a store made by another config, or over data that changed shape."""
+        self.check_config(config_hash)
+        attrs = self.attrs
         old = attrs.get("fingerprint", {})
         changed = self.fingerprint_changes(fingerprint)
         if changed and self.read_pointer() is None:

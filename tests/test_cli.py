@@ -135,6 +135,8 @@ def test_bad_data_and_changed_config_exit_codes(tmp_path, small_store):
     other = write_config(tmp_path, "b", model={"n_components": 3, "max_iter": 3}, **base)
     result = run_cli("run", str(other))
     assert result.returncode == 2 and "made by a different config" in result.stderr
+    assert "--set run.store=PATH" in result.stderr
+    assert "cluster" not in result.stdout  # refused before a cluster starts
 
 
 def test_killed_run_resumes_to_identical_parameters(tmp_path):
