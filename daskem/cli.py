@@ -228,6 +228,7 @@ def inspect(
             "checkpoints": len(store.checkpoint_names()),
             "latest_checkpoint": pointer.group if pointer else None,
             "passes": attrs.get("passes"),
+            "pass_seconds": store.pass_seconds(),
             "versions": attrs.get("versions"),
             "config": attrs.get("config"),
         }
@@ -256,6 +257,12 @@ def inspect(
         if info["passes"]:
             passes = dict(info["passes"])
             print(f"passes: {format_passes(passes, bool(passes.pop('resumed', False)))}")
+        seconds = info["pass_seconds"]
+        if seconds:
+            rest = sorted(seconds[1:])
+            each = f"; then {rest[len(rest) // 2]:.2f} s per iteration (median)" if rest else ""
+            print(f"timing: {sum(seconds):.1f} s to the last checkpoint ({seconds[0]:.1f} s to "
+                  f"the first: start-up, summary and initialisation{each})")
         model = info["model"]
         if model:
             print(f"model: {model['kind']}, {model['n_iter']} iterations, converged "
@@ -264,9 +271,9 @@ def inspect(
                 note = ("  (its last M-step's statistics, packed: a warm start with rows: "
                         f"new holds them fixed; rows 0 to {model['rows_end']:,})"
                         if name == "stats" and model["rows_end"] else "")
-                print(f"  {name}: {tuple(shape)}{note}")
-            if "weights" in model:
-                print(f"  weights: {model['weights']}")
+                values = f" {model['weights']}" if name == "weights" and "weights" in model \
+                    else ""
+                print(f"  {name}: {tuple(shape)}{values}{note}")
             objective = info["history"].get("objective", [])
             if objective:
                 shown = ", ".join(f"{v:.6g}" for v in objective[-5:])

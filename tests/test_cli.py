@@ -78,6 +78,9 @@ def test_run_zarr_store_end_to_end(tmp_path, small_store):
     assert info["passes"] == expected
     total = sum(v for k, v in expected.items() if k != "resumed")
     assert f"read the data {total} times (summary 1," in result.stdout
+    assert len(info["pass_seconds"]) == ref.n_iter_ + 1  # the start, then every iteration
+    text = run_cli("inspect", str(store)).stdout
+    assert text.count("weights:") == 1 and "timing: " in text and "per iteration" in text
 
 
 @pytest.fixture(scope="module")
