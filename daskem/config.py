@@ -19,15 +19,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from daskem.errors import DaskemError
+from daskem.errors import ConfigError, DaskemError  # noqa: F401 - ConfigError: kept here too
 from daskem.kernels.covariance import NAMES as COVARIANCE_TYPES
 
 # The covariance types the registry knows (full, tied, diag, spherical, fixed).
 CovarianceName = Literal[COVARIANCE_TYPES]
-
-
-class ConfigError(DaskemError, ValueError):
-    """The config file is missing, not valid YAML, or does not validate."""
 
 
 class _Section(BaseModel):

@@ -23,6 +23,11 @@ class DaskemError(Exception):
     remedy: str | None = None
 
 
+class ConfigError(DaskemError, ValueError):
+    """The job's settings are wrong: a config file that is missing, not valid YAML or does not
+    validate, or a setting that does not fit the data (``data.variable`` names no array)."""
+
+
 class DataError(DaskemError, ValueError):
     """The data cannot be used: wrong shape or dtype, non-finite values, too few samples."""
 
