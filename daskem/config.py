@@ -19,7 +19,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from daskem.errors import ConfigError, DaskemError  # noqa: F401 - ConfigError: kept here too
+from daskem.errors import ConfigError
 from daskem.kernels.covariance import NAMES as COVARIANCE_TYPES
 
 # The covariance types the registry knows (full, tied, diag, spherical, fixed).
