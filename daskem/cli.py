@@ -15,10 +15,11 @@ from typing import Annotated
 
 import typer
 
-from daskem import runner
+from daskem import runner, steps
 from daskem.config import ConfigError, load_config
 from daskem.errors import DataError, FitError, ParameterError, StorageError
 from daskem.lease import LeaseHeld, LeaseLost
+from daskem.model import read_model, read_selection
 from daskem.stopping import JobStopped, Stopper
 from daskem.store import RunStore, RunStoreError, format_passes, no_run_store
 
@@ -190,7 +191,7 @@ def validate(config: ConfigArg, set_: SetOpt = []) -> None:  # noqa: B006
     def job():
         cfg = load_config(config, set_)
         print(f"config {config}: valid")
-        source = runner.probe_data(cfg)
+        source = steps.probe_data(cfg)
         print(f"data: {source.description}")
         if cfg.select is not None:
             sel = cfg.select
@@ -198,9 +199,11 @@ def validate(config: ConfigArg, set_: SetOpt = []) -> None:  # noqa: B006
                   f"n_components {sel.n_components} x covariance types "
                   f"{sel.covariance_types}, chosen by {sel.criterion.upper()}")
         else:
-            print(f"model: {cfg.model.kind}, {cfg.model.n_components} components"
-                  + (f", {cfg.model.covariance_type} covariances"
-                     if cfg.model.kind == "gmm" else ""))
+            params = steps.build_estimator(cfg).get_params()
+            print(f"model: {cfg.model.kind}, "
+                  f"{params.get('n_clusters', params.get('n_components'))} components"
+                  + (f", {params['covariance_type']} covariances"
+                     if "covariance_type" in params else ""))
         print(f"run store: {cfg.run.store}")
         return runner.EXIT_OK
 
@@ -233,19 +236,22 @@ def inspect(
             "config": attrs.get("config"),
         }
         try:
-            kind, arrays, model = store.read_model()
-            info["model"] = {"kind": kind, "n_iter": model["n_iter"],
+            record = read_model(store)
+            model = record.attrs
+            info["model"] = {"kind": record.kind.name, "n_iter": model["n_iter"],
                              "converged": model["converged"],
-                             "objective": model.get("lower_bound", model.get("inertia")),
+                             "objective_name": record.kind.objective,
+                             "objective": record.objective,
                              "features": model["features"],
                              "rows_end": model.get("rows_end"),
-                             "arrays": {k: list(v.shape) for k, v in arrays.items()}}
-            if "weights" in arrays:
-                info["model"]["weights"] = [round(float(w), 6) for w in arrays["weights"]]
-            info["history"] = {k: v.tolist() for k, v in store.read_history().items()}
+                             "arrays": {k: list(v.shape) for k, v in record.arrays.items()}}
+            if "weights" in record.arrays:
+                info["model"]["weights"] = [round(float(w), 6)
+                                            for w in record.arrays["weights"]]
+            info["history"] = {k: v.tolist() for k, v in record.history.items()}
         except RunStoreError:
             info["model"] = None
-        selection = store.read_selection()
+        selection = read_selection(store)
         info["selection"] = None if selection is None else {
             "criterion": selection["criterion"], "chosen": selection["chosen"],
             "table": selection["table"]}
@@ -266,7 +272,7 @@ def inspect(
         model = info["model"]
         if model:
             print(f"model: {model['kind']}, {model['n_iter']} iterations, converged "
-                  f"{model['converged']}, objective {model['objective']:.10g}")
+                  f"{model['converged']}, {model['objective_name']} {model['objective']:.10g}")
             for name, shape in model["arrays"].items():
                 note = ("  (its last M-step's statistics, packed: a warm start with rows: "
                         f"new holds them fixed; rows 0 to {model['rows_end']:,})"

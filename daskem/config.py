@@ -69,20 +69,24 @@ class FromRun(_Section):
 
 
 class ModelConfig(_Section):
-    """The estimator and its parameters (the estimator classes document each one)."""
+    """The estimator and its parameters. A parameter left out (or null) takes the
+    estimator's own default (``daskem.GaussianMixture`` or ``daskem.KMeans``, which
+    document each one); only ``random_state`` has a default of the job's: 0, so that a
+    rerun fits the same model."""
 
     kind: Literal["gmm", "kmeans"] = "gmm"
-    n_components: int = Field(8, ge=1, description="components (gmm) or clusters (kmeans)")
-    covariance_type: CovarianceName = "full"
-    assignment: Literal["soft", "hard"] = "soft"
-    fixed_variance: float = Field(1.0, gt=0)
+    n_components: int | None = Field(None, ge=1, description="components (gmm) or clusters "
+                                     "(kmeans)")
+    covariance_type: CovarianceName | None = None
+    assignment: Literal["soft", "hard"] | None = None
+    fixed_variance: float | None = Field(None, gt=0)
     init: Literal["kmeans", "k-means||", "k-means++", "random", "random_from_data"] | FromRun \
-        | None = Field(None, description="gmm default 'kmeans', kmeans default 'k-means++'; "
-                       "or {from_run: PATH} to start from an earlier run's model")
-    n_init: int = Field(1, ge=1)
-    max_iter: int = Field(100, ge=1)
-    tol: float | None = Field(None, ge=0, description="gmm default 1e-3, kmeans 1e-4")
-    reg_covar: float = Field(1e-6, ge=0)
+        | None = Field(None, description="how the fit starts; or {from_run: PATH} to start "
+                       "from an earlier run's model")
+    n_init: int | None = Field(None, ge=1)
+    max_iter: int | None = Field(None, ge=1)
+    tol: float | None = Field(None, ge=0)
+    reg_covar: float | None = Field(None, ge=0)
     random_state: int | None = 0
     sample_size: int | None = Field(None, ge=1)
 
@@ -91,6 +95,10 @@ class ModelConfig(_Section):
         gmm_inits = {"kmeans", "k-means||", "k-means++", "random", "random_from_data"}
         kmeans_inits = {"k-means||", "k-means++", "random"}
         allowed = gmm_inits if self.kind == "gmm" else kmeans_inits
+        if self.kind == "kmeans":
+            for key in ("covariance_type", "assignment", "fixed_variance", "reg_covar"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"{key} applies to kind gmm only; remove it for kmeans")
         if isinstance(self.init, FromRun):
             if self.n_init != 1:
                 raise ValueError("a warm start (init.from_run) is one start; set n_init: 1")
@@ -102,13 +110,16 @@ class ModelConfig(_Section):
 
 
 class FitConfig(_Section):
-    split_every: int = Field(8, ge=2, description="fan-in of the tree reduction")
+    """How the fit runs on the cluster (left out: the estimator's default)."""
+
+    split_every: int | None = Field(None, ge=2, description="fan-in of the tree reduction")
     persist: bool = Field(False, description="keep the data in cluster memory across "
                           "iterations instead of reading the source every iteration")
-    update: Literal["batch", "incremental"] = Field(
-        "batch", description="when the M-step runs: after every pass (batch EM) or after "
+    update: Literal["batch", "incremental"] | None = Field(
+        None, description="when the M-step runs: after every pass (batch EM) or after "
         "every block of chunks (incremental EM: fewer passes when convergence is slow)")
-    n_blocks: int = Field(16, ge=2, description="incremental: blocks of chunks per pass")
+    n_blocks: int | None = Field(None, ge=2, description="incremental: blocks of chunks per "
+                                 "pass")
 
 
 class SecurityConfig(_Section):
@@ -180,6 +191,8 @@ class SelectConfig(_Section):
 
 class RunSection(_Section):
     store: str = Field(description="the run store (Zarr): checkpoints, model, history")
+    keep_checkpoints: int = Field(3, ge=1, description="the newest checkpoints kept; older "
+                                  "ones are removed once a newer one is complete")
 
 
 class RunConfig(_Section):
@@ -203,11 +216,6 @@ class RunConfig(_Section):
                 raise ValueError("select starts every candidate afresh; model.init.from_run "
                                  "does not apply")
         return self
-
-    @property
-    def largest_model(self) -> int:
-        """The most components any model of this job has."""
-        return max(self.select.n_components) if self.select else self.model.n_components
 
     def absolute(self) -> RunConfig:
         """This config with every local path made absolute (URLs are kept as they are).

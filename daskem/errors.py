@@ -28,6 +28,11 @@ class ConfigError(DaskemError, ValueError):
     validate, or a setting that does not fit the data (``data.variable`` names no array)."""
 
 
+class RunStoreError(DaskemError, ValueError):
+    """The run store cannot be used for this run (another config, another data source),
+    or holds nothing to read (no model yet)."""
+
+
 class DataError(DaskemError, ValueError):
     """The data cannot be used: wrong shape or dtype, non-finite values, too few samples."""
 

@@ -5,12 +5,11 @@
       latest/                  pointer to the newest complete checkpoint, with its checksum
                                (a group whose attributes daskem replaces atomically)
       checkpoints/iter_000042/ one group per iteration: every restart's parameters (arrays)
-                               and state (attributes: iterations, objectives, re-seedings)
-      model/                   the fitted parameters, the model kind and settings
-      history/                 objective per iteration of the chosen model, seconds per pass
-      selection/               model selection only: every candidate's parameters (one group
-                               each) and the table of log-likelihoods, parameter counts,
-                               BIC and AIC, with the chosen candidate
+                               and state (attributes: iterations, objectives, re-seedings);
+                               the newest ``run.keep_checkpoints`` are kept
+      model/, history/,        the fitted model, its objective per iteration and seconds per
+      selection/               pass, every candidate of a selection: written and read by
+                               :mod:`daskem.model`, which owns their format
       outputs/                 per-sample outputs (labels, responsibilities, log-likelihood)
 
 Checkpoints are written only from the client (chunk tasks may run twice). A checkpoint is
@@ -18,6 +17,7 @@ visible once its group is complete: the pointer is replaced after the group is w
 (write to a temporary file, then rename, on a local filesystem; a single-object write on
 object stores), and carries a checksum of the parameters. A checkpoint whose arrays do not
 match its checksum is skipped, with a warning, for the newest older one that does.
+Older checkpoints are removed only after the pointer has moved past them.
 The store holds numeric Zarr arrays and JSON attributes only.
 """
 
@@ -36,19 +36,21 @@ from importlib import metadata
 import numpy as np
 
 from daskem.engine.em import EMState
-from daskem.errors import DaskemError, DaskemWarning, storage_errors
-from daskem.kernels.mstep import GaussianParams, Reseed
-from daskem.kernels.stats import pack_stats, unpack_stats
+from daskem.errors import DaskemWarning, RunStoreError, storage_errors
+from daskem.model import (
+    events_attrs,
+    events_from,
+    params_arrays,
+    params_from,
+    stats_arrays,
+    stats_from,
+    stored_params,
+)
 
 # The pointer is a Zarr group of its own whose metadata document daskem writes atomically;
 # its attributes name the newest complete checkpoint.
 POINTER = "latest/zarr.json"
 FORMAT_VERSION = 1
-GAUSSIAN_ARRAYS = ("weights", "means", "covariances", "precisions_cholesky")
-
-
-class RunStoreError(DaskemError, ValueError):
-    """The run store cannot be used for this run (another config, another data source)."""
 
 
 def no_run_store(path: str) -> RunStoreError:
@@ -97,29 +99,16 @@ def model_checksum(arrays: dict[str, np.ndarray]) -> str:
 
 def _state_arrays(state: EMState) -> dict[str, np.ndarray]:
     """A state's arrays: its parameters, then (incremental EM) its blocks' statistics."""
-    if isinstance(state.params, GaussianParams):
-        out = {name: np.asarray(getattr(state.params, name)) for name in GAUSSIAN_ARRAYS}
-    else:
-        out = {"centers": np.asarray(state.params)}
+    out = params_arrays(state.params)
     out.update(stats_arrays("block", state.blocks))
     out.update(stats_arrays("last", (state.last,) if state.last else ()))
     return out
 
 
-def stats_arrays(prefix: str, items) -> dict[str, np.ndarray]:
-    """``(shift, Stats)`` pairs as one array named ``prefix`` (none if there are none)."""
-    return {prefix: pack_stats(list(items))} if items else {}
-
-
-def stats_from(prefix: str, arrays: dict[str, np.ndarray]) -> tuple:
-    """Inverse of :func:`stats_arrays` (``()`` if there are none)."""
-    return unpack_stats(arrays[prefix]) if prefix in arrays else ()
-
-
 def _state_keys(group) -> list[str]:
     """The names of a stored state's arrays, in the order :func:`_state_arrays` gives."""
-    keys = ["centers"] if "centers" in group else list(GAUSSIAN_ARRAYS)
-    return keys + [name for name in ("block", "last") if name in group]
+    names = list(group)
+    return stored_params(names) + [name for name in ("block", "last") if name in names]
 
 
 def _state_attrs(state: EMState) -> dict:
@@ -127,32 +116,22 @@ def _state_attrs(state: EMState) -> dict:
         "n_iter": state.n_iter,
         "converged": state.converged,
         "objectives": [float(v) for v in state.objectives],
-        "events": [[it, e.component, e.row, e.reason] for it, e in state.events],
+        "events": events_attrs(state.events),
         "dropped": state.dropped,
     }
-    if isinstance(state.params, GaussianParams):
+    if not isinstance(state.params, np.ndarray):
         attrs["covariance_type"] = state.params.covariance_type
     return attrs
 
 
 def _state_from(arrays: dict[str, np.ndarray], attrs: dict) -> EMState:
-    if "centers" in arrays:
-        params = arrays["centers"]
-    else:
-        params = GaussianParams(attrs["covariance_type"], *(arrays[n] for n in GAUSSIAN_ARRAYS))
-    events = tuple((it, Reseed(int(c), int(r), str(reason)))
-                   for it, c, r, reason in attrs.get("events", []))
     last = stats_from("last", arrays)
-    return EMState(params=params, n_iter=int(attrs["n_iter"]),
-                   converged=bool(attrs["converged"]),
-                   objectives=tuple(attrs["objectives"]), events=events,
+    return EMState(params=params_from(arrays, attrs.get("covariance_type")),
+                   n_iter=int(attrs["n_iter"]), converged=bool(attrs["converged"]),
+                   objectives=tuple(attrs["objectives"]),
+                   events=events_from(attrs.get("events", [])),
                    dropped=str(attrs.get("dropped", "")), blocks=stats_from("block", arrays),
                    last=last[0] if last else ())
-
-
-def _plain(row: dict) -> dict:
-    """A record with NumPy scalars made plain JSON numbers."""
-    return {k: v.item() if isinstance(v, np.generic) else v for k, v in row.items()}
 
 
 def format_passes(passes: dict, resumed: bool = False) -> str:
@@ -186,7 +165,10 @@ class Pointer:
 class RunStore:
     """A run store at a local path or fsspec URL; also a checkpointer for ``fit``."""
 
-    def __init__(self, path: str, storage_options: dict | None = None) -> None:
+    def __init__(self, path: str, storage_options: dict | None = None, *,
+                 keep_checkpoints: int | None = None) -> None:
+        """``keep_checkpoints``: how many of the newest checkpoints to keep (older ones are
+        removed once the pointer has moved past them); ``None`` keeps all."""
         import fsspec
         import zarr
 
@@ -196,12 +178,16 @@ class RunStore:
         self._zarr = zarr
         self._last_save = time.monotonic()
         self._seconds: list[float] | None = None  # pass timings, kept here once known
+        if keep_checkpoints is not None and keep_checkpoints < 1:
+            raise ValueError(f"keep_checkpoints={keep_checkpoints}: keep at least 1")
+        self.keep_checkpoints = keep_checkpoints
         # Entered around every write: the job sets it to check that it still owns the store
         # and to hold a stop signal until the write is complete.
         self.guard: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
 
     @contextlib.contextmanager
-    def _writing(self, what: str) -> Iterator[None]:
+    def writing(self, what: str) -> Iterator[None]:
+        """Around every write (``what``: for an error message)."""
         with self.guard(), storage_errors(what, self.path):
             yield
 
@@ -211,18 +197,19 @@ class RunStore:
         return self._fs.exists(f"{self._root}/zarr.json") or self._fs.exists(
             f"{self._root}/.zgroup")
 
-    def _group(self, mode: str = "a"):
+    def group(self, mode: str = "a"):
+        """The store's root Zarr group."""
         return self._zarr.open_group(self.path, mode=mode,
                                      storage_options=self.storage_options or None)
 
     @property
     def attrs(self) -> dict:
-        return dict(self._group("r").attrs)
+        return dict(self.group("r").attrs)
 
     def create(self, config_json: dict, config_hash: str, fingerprint: dict) -> None:
         """Make the store's root group; anything already in it except the lease (taken
         before the store is made) is removed."""
-        with self._writing("the run store"):
+        with self.writing("the run store"):
             group = self._zarr.open_group(self.path, mode="a",
                                           storage_options=self.storage_options or None)
             for name in list(group):
@@ -241,8 +228,8 @@ class RunStore:
     def reset(self) -> None:
         """Remove checkpoints, model, history, selection and outputs (a fit from scratch);
         the root attributes and the lease stay."""
-        with self._writing("the run store"):
-            group = self._group()
+        with self.writing("the run store"):
+            group = self.group()
             for name in list(group):
                 if name != "lease":
                     del group[name]
@@ -291,8 +278,8 @@ class RunStore:
                 "resume anyway, or start a new run store")
 
     def set_status(self, status: str, **extra) -> None:
-        with self._writing("the run store's status"):
-            self._group().attrs.update({"status": status, **extra})
+        with self.writing("the run store's status"):
+            self.group().attrs.update({"status": status, **extra})
 
     # ---------------------------------------------------------------- pointer
 
@@ -335,13 +322,13 @@ class RunStore:
     def save(self, states: list[EMState]) -> None:
         """Write the states as a new checkpoint group, then point to it."""
         step = max(s.n_iter for s in states)
-        with self._writing(f"checkpoint iter_{step:06d}"):
+        with self.writing(f"checkpoint iter_{step:06d}"):
             self._save(states)
 
     def _save(self, states: list[EMState]) -> None:
         step = max(s.n_iter for s in states)
         name = f"iter_{step:06d}"
-        root = self._group()
+        root = self.group()
         checkpoints = root.require_group("checkpoints")
         if name in checkpoints:  # left over from a run killed while writing it
             del checkpoints[name]
@@ -363,6 +350,29 @@ class RunStore:
         group.attrs.update({"step": step, "n_models": len(states), "seconds": seconds,
                             "checksum": checksum})
         self._write_pointer(Pointer(f"checkpoints/{name}", checksum, step))
+        self._prune(name)
+
+    def _prune(self, newest: str) -> None:
+        """Remove the checkpoints older than the newest ``keep_checkpoints`` complete ones,
+        once the pointer names ``newest``: a damaged newest checkpoint still has older ones
+        to fall back on, and a job killed while pruning leaves only complete groups."""
+        if self.keep_checkpoints is None:
+            return
+        names = [n for n in self.checkpoint_names() if n <= newest]
+        kept = 0
+        for i in range(len(names) - 1, -1, -1):
+            kept += self._complete(names[i])
+            if kept == self.keep_checkpoints:
+                for old in names[:i]:
+                    self._fs.rm(f"{self._root}/checkpoints/{old}", recursive=True)
+                return
+
+    def _complete(self, name: str) -> bool:
+        """Whether checkpoint ``name`` was finished (its checksum is written last)."""
+        try:
+            return "checksum" in self.group("r")[f"checkpoints/{name}"].attrs
+        except Exception:  # noqa: BLE001 - a torn group can fail in many ways
+            return False
 
     def pass_seconds(self) -> list[float]:
         """Seconds between consecutive checkpoints (the first: start to initialised)."""
@@ -373,12 +383,12 @@ class RunStore:
         if pointer is None:
             return []
         try:
-            return list(self._group("r")[pointer.group].attrs.get("seconds", []))
+            return list(self.group("r")[pointer.group].attrs.get("seconds", []))
         except KeyError:
             return []
 
     def _read_checkpoint(self, name: str, checksum: str | None) -> list[EMState] | None:
-        group = self._group("r")[name]
+        group = self.group("r")[name]
         n_models = int(group.attrs["n_models"])
         states, arrays = [], []
         for i in range(n_models):
@@ -428,80 +438,7 @@ class RunStore:
                 if i:
                     warnings.warn(f"{self.path}: checkpoint {candidates[0][0]} is damaged; "
                                   f"resuming from {name}", CheckpointWarning, stacklevel=2)
-                self._seconds = list(self._group("r")[name].attrs.get("seconds", []))
+                self._seconds = list(self.group("r")[name].attrs.get("seconds", []))
                 return states
         self._seconds = []
         return None
-
-    # ---------------------------------------------------------------- model, history
-
-    def write_model(self, kind: str, arrays: dict[str, np.ndarray], attrs: dict,
-                    history: dict[str, np.ndarray]) -> None:
-        with self._writing("the model"):
-            self._write_model(kind, arrays, attrs, history)
-
-    def _write_model(self, kind: str, arrays: dict[str, np.ndarray], attrs: dict,
-                     history: dict[str, np.ndarray]) -> None:
-        root = self._group()
-        for name in ("model", "history"):
-            if name in root:
-                del root[name]
-        model = root.create_group("model")
-        for key, value in arrays.items():
-            model.create_array(key, data=np.asarray(value))
-        model.attrs.update({"kind": kind, **attrs})
-        hist = root.create_group("history")
-        for key, value in history.items():
-            hist.create_array(key, data=np.asarray(value, dtype=np.float64))
-
-    def read_model(self) -> tuple[str, dict[str, np.ndarray], dict]:
-        try:
-            model = self._group("r")["model"]
-        except KeyError:
-            raise RunStoreError(f"{self.path} holds no fitted model yet (status "
-                                f"{self.attrs.get('status')!r})") from None
-        arrays = {name: np.asarray(arr[...]) for name, arr in model.arrays()}
-        attrs = dict(model.attrs)
-        return attrs.pop("kind"), arrays, attrs
-
-    def write_selection(self, selection) -> None:
-        """Every candidate of a model selection: its parameters, numbers and history."""
-        with self._writing("the selection"):
-            self._write_selection(selection)
-
-    def _write_selection(self, selection) -> None:
-        root = self._group()
-        if "selection" in root:
-            del root["selection"]
-        group = root.create_group("selection")
-        for i, (cand, row) in enumerate(zip(selection.candidates, selection.table(),
-                                            strict=True)):
-            sub = group.create_group(f"candidate_{i:03d}")
-            est = cand.estimator
-            for name in GAUSSIAN_ARRAYS:
-                sub.create_array(name, data=np.asarray(getattr(est, f"{name}_")))
-            sub.attrs.update({**_plain(row), "objectives": [float(v) for v in
-                                                            est.lower_bounds_]})
-        group.attrs.update({"criterion": selection.criterion,
-                            "chosen": selection.best_index,
-                            "table": [_plain(row) for row in selection.table()]})
-
-    def read_selection(self) -> dict | None:
-        """``{"criterion", "chosen", "table", "candidates": [(arrays, attrs), ...]}`` of a
-        selection run, or ``None`` for a run that fitted one model."""
-        try:
-            group = self._group("r")["selection"]
-        except KeyError:
-            return None
-        attrs = dict(group.attrs)
-        names = sorted(name for name, _ in group.groups())
-        attrs["candidates"] = [({k: np.asarray(a[...]) for k, a in group[n].arrays()},
-                                dict(group[n].attrs)) for n in names]
-        return attrs
-
-    def read_history(self) -> dict[str, np.ndarray]:
-        try:
-            hist = self._group("r")["history"]
-        except KeyError:
-            return {}
-        return {name: np.asarray(arr[...]) for name, arr in hist.arrays()}

@@ -1,4 +1,5 @@
-"""The fit pipeline behind ``daskem run``, step by step, on daskem's public API.
+"""The fit pipeline of ``daskem run``, step by step: the same functions, in the same order,
+as :func:`daskem.runner.run_job` (a test checks that both leave the same run store).
 
     python pipelines/fit.py configs/gmm.yaml [key.path=value ...]
 """
@@ -7,56 +8,37 @@ from __future__ import annotations
 
 import sys
 
-import numpy as np
-
+from daskem import steps
+from daskem.cluster import connect
 from daskem.config import load_config
-from daskem.io.outputs import write_outputs
 from daskem.lease import Lease
-from daskem.runner import (
-    Reporter,
-    build_estimator,
-    check_workers,
-    connect,
-    fit_selection,
-    model_record,
-    open_data,
-    open_store,
-    output_names,
-    probe_data,
-    read_warm_model,
-    warm_start,
-)
+from daskem.progress import Reporter
 
 
-def fit(config_path: str, overrides: list[str]) -> dict:
+def fit(config_path: str, overrides: list[str], reporter: Reporter | None = None) -> dict:
+    reporter = reporter or Reporter()
     config = load_config(config_path, overrides)
-    reporter = Reporter()
-    warm = read_warm_model(config)  # None unless model.init.from_run
-    probe_data(config, warm)  # fail on bad data or an unusable warm start before any work
-    # One job per run store (the lease), and workers that see what this client sees.
+    # 1. Checks before anything starts: config, data metadata, warm start, the store's config.
+    plan = steps.prepare(config, reporter)
+    if plan is None:
+        return {"status": "complete", "store": config.run.store}
+    config = plan.config  # (paths made absolute)
+    # 2. One job per run store (the lease), a cluster whose workers see this client's files.
     with Lease(config.run.store) as lease, connect(config.cluster, reporter) as client:
-        check_workers(client, config, lease)
-        source = open_data(config, warm=warm)
-        store = open_store(config, source, warm)
-        rows = source.rows if source.rows is not None else source.X
-        selection = None
-        if config.select is not None:  # a grid of candidates in shared passes
-            selection = fit_selection(config, rows, store, reporter)
-            estimator = selection.best_estimator_
-        else:
-            estimator = build_estimator(config, **warm_start(config, source, warm))
-            estimator.fit(rows, checkpoint=store, callback=lambda n, states: reporter.iteration(
-                n, states, config.model.kind, config.model.max_iter))
-        kind, arrays, attrs, history = model_record(estimator, source)
-        history["seconds"] = np.asarray(store.pass_seconds())
-        store.write_model(kind, arrays, attrs, history)
-        if selection is not None:
-            store.write_selection(selection)
-        written = write_outputs(estimator, source, output_names(config),
-                                config.output.path or config.run.store,
-                                "outputs" if config.output.path is None else "")
-        store.set_status("complete")
-    return {"kind": kind, "n_iter": attrs["n_iter"], "outputs": written}
+        steps.take_store(plan, lease, client, reporter)
+        # 3. The data (a resumed run reuses the stored standardisation) and the run store.
+        source = steps.open_data(config, None if plan.fresh else plan.store, plan.warm)
+        steps.report_data(source, reporter)
+        store = steps.open_store(plan, source, reporter)
+        resumed = store.read_pointer() is not None
+        # 4. The fit, checkpointed every pass (resumes from the newest checkpoint).
+        estimator, selection = steps.fit(plan, source, reporter)
+        # 5. Model, history and selection into the store; then the per-sample outputs.
+        record = steps.save_model(plan, estimator, selection, source)
+        done = steps.write_job_outputs(plan, lease, estimator, record, source, resumed)
+    reporter.info(steps.done_message(plan, record, source, done))
+    return {"status": "complete", "store": config.run.store, "kind": record.kind.name,
+            "n_iter": record.attrs["n_iter"], "outputs": done["outputs"]["arrays"]}
 
 
 if __name__ == "__main__":

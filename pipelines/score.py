@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 
 from daskem.config import load_config
-from daskem.runner import Reporter, predict_job
+from daskem.progress import Reporter
+from daskem.runner import predict_job
 
 
 def score(run_store: str, data_config: str | None, out: str | None) -> int:
