@@ -25,7 +25,7 @@ import numpy as np
 
 from daskem.engine.em import EMState
 from daskem.errors import RunStoreError
-from daskem.kernels.mstep import GaussianParams, Reseed
+from daskem.kernels.mstep import GaussianParams, KMeansParams, Reseed
 from daskem.kernels.stats import pack_stats, unpack_stats
 
 
@@ -78,7 +78,7 @@ def kind_of(estimator) -> ModelKind:
     """The kind of a daskem estimator (or of an EM state's parameters)."""
     if isinstance(estimator, GaussianParams):
         return GMM
-    if isinstance(estimator, np.ndarray):
+    if isinstance(estimator, KMeansParams):
         return KMEANS
     for kind in KINDS.values():
         if type(estimator).__name__ == kind.estimator_name:
@@ -89,19 +89,17 @@ def kind_of(estimator) -> ModelKind:
 # ------------------------------------------------------------------ parameters
 
 
-def params_arrays(params: GaussianParams | np.ndarray) -> dict[str, np.ndarray]:
+def params_arrays(params: GaussianParams | KMeansParams) -> dict[str, np.ndarray]:
     """An EM state's parameters as named arrays."""
-    if isinstance(params, GaussianParams):
-        return {name: np.asarray(getattr(params, name)) for name in GMM.arrays}
-    return {"cluster_centers": np.asarray(params)}
+    return {name: np.asarray(getattr(params, name)) for name in kind_of(params).arrays}
 
 
 def params_from(arrays: dict[str, np.ndarray], covariance_type: str | None
-                ) -> GaussianParams | np.ndarray:
+                ) -> GaussianParams | KMeansParams:
     """Inverse of :func:`params_arrays` (``covariance_type``: ``None`` for k-means)."""
     arrays = {_OLD_NAMES.get(name, name): value for name, value in arrays.items()}
     if covariance_type is None:
-        return arrays["cluster_centers"]
+        return KMeansParams(*(arrays[name] for name in KMEANS.arrays))
     return GaussianParams(covariance_type, *(arrays[name] for name in GMM.arrays))
 
 

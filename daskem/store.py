@@ -119,8 +119,9 @@ def _state_attrs(state: EMState) -> dict:
         "events": events_attrs(state.events),
         "dropped": state.dropped,
     }
-    if not isinstance(state.params, np.ndarray):
-        attrs["covariance_type"] = state.params.covariance_type
+    ctype = getattr(state.params, "covariance_type", None)
+    if ctype is not None:
+        attrs["covariance_type"] = ctype
     return attrs
 
 

@@ -121,7 +121,8 @@ def main(argv=None) -> int:
                     else:
                         est = KMeans(k, init=means0, tol=0, max_iter=budget, **common, **upd)
                         est.fit(reader, callback=lambda _, s, v=values, X=X: v.append(
-                            -float(squared_distances(X, s[0].params).min(axis=1).sum())))
+                            -float(squared_distances(X, s[0].params.cluster_centers)
+                                   .min(axis=1).sum())))
                     curves[(kind, label)] = (np.array(values), time.perf_counter() - started)
             for kind in ("gmm", "kmeans"):
                 best = max(curves[(kind, u)][0].max() for u, _ in updates)

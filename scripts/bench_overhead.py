@@ -68,7 +68,7 @@ def main() -> None:
     from daskem.engine.data import as_chunked
     from daskem.engine.em import GaussianFamily, KMeansFamily
     from daskem.engine.reduce import map_reduce
-    from daskem.kernels.mstep import GaussianParams
+    from daskem.kernels.mstep import GaussianParams, KMeansParams
 
     d, k = 8, 8
     rng = np.random.default_rng(0)
@@ -90,7 +90,7 @@ def main() -> None:
             empty = (time.perf_counter() - t0) / 10
             gm0 = GaussianMixture(k, means_init=centers, max_iter=2, random_state=0).fit(x)
             families = {
-                "kmeans": (KMeansFamily(), centers),
+                "kmeans": (KMeansFamily(), KMeansParams(centers)),
                 "gmm": (GaussianFamily("full"),
                         GaussianParams("full", gm0.weights_, gm0.means_, gm0.covariances_,
                                        gm0.precisions_cholesky_)),

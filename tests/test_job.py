@@ -130,7 +130,7 @@ def test_pruning_after_a_job_killed_while_writing_a_checkpoint(tmp_path):
     states = RunStore(str(tmp_path / "torn.zarr"), keep_checkpoints=2).load()
     assert states[0].n_iter == 3
     assert store.checkpoint_names() == ["iter_000002", "iter_000003", "iter_000004"]
-    store.save([EMState(states[0].params, n_iter=4, objectives=(-1.0,) * 4)])
+    store.save([EMState(states[0].params, n_iter=4, objectives=(-1.0,) * 4)])  # (a mixture)
     assert store.checkpoint_names() == ["iter_000003", "iter_000004"]
     assert store.read_pointer().group == "checkpoints/iter_000004"
     assert store.load()[0].n_iter == 4

@@ -115,7 +115,7 @@ def test_run_store_of_an_earlier_daskem_with_centers_is_read(tmp_path):
     del sub["cluster_centers"]
     sub.create_array("centers", data=centers)
     states = RunStore(str(tmp_path / "old.zarr")).load()
-    np.testing.assert_array_equal(states[0].params, centers)
+    np.testing.assert_array_equal(states[0].params.cluster_centers, centers)
 
 
 def test_registry_names_each_kind_once():

@@ -28,6 +28,7 @@ from daskem.kernels.estep import (
 )
 from daskem.kernels.mstep import (
     GaussianParams,
+    KMeansParams,
     Reseed,
     gaussian_m_step,
     kmeans_labels_stable,
@@ -40,7 +41,7 @@ from daskem.kernels.stats import Stats, reshift
 class EMState:
     """Where one model's fit stands: everything needed to continue it."""
 
-    params: GaussianParams | np.ndarray
+    params: GaussianParams | KMeansParams
     n_iter: int = 0
     converged: bool = False
     objectives: tuple = ()  # per iteration: mean log-likelihood (mixtures) or inertia
@@ -114,7 +115,8 @@ class KMeansFamily:
 
     kernel = staticmethod(kmeans_chunk_stats)
 
-    def kernel_params(self, centers: np.ndarray, dtype, far: bool = True):
+    def kernel_params(self, params: KMeansParams, dtype, far: bool = True):
+        centers = params.cluster_centers
         return KMeansKernelParams.build(centers, dtype,
                                         far_capacity=len(centers) if far else 0)
 
@@ -124,7 +126,8 @@ class KMeansFamily:
         return kparams.centers.astype(np.float64)
 
     def m_step(self, stats: Stats, kparams: KMeansKernelParams):
-        return kmeans_m_step(stats, kparams.centers.astype(np.float64))
+        centers, events = kmeans_m_step(stats, kparams.centers.astype(np.float64))
+        return KMeansParams(centers), events
 
     @staticmethod
     def objective(stats: Stats, n_iter: int) -> float:
@@ -135,11 +138,12 @@ class KMeansFamily:
         """The centers moved by at most ``tol`` (squared, summed), or (given the pass's
         ``stats``, computed at ``old_params``) so little that no label can change: a fixed
         point, whatever ``tol`` is."""
-        old = np.asarray(old_params, dtype=np.float64)
-        if float(((np.asarray(new_params) - old) ** 2).sum()) <= self.tol:
+        old = np.asarray(old_params.cluster_centers, dtype=np.float64)
+        new = new_params.cluster_centers
+        if float(((np.asarray(new) - old) ** 2).sum()) <= self.tol:
             return True
-        return stats is not None and kmeans_labels_stable(stats, old, new_params,
-                                                          np.asarray(old_params).dtype)
+        return stats is not None and kmeans_labels_stable(
+            stats, old, new, old_params.cluster_centers.dtype)
 
     def update(self, state: EMState, stats: Stats, kparams: KMeansKernelParams) -> EMState:
         return _update(self, state, stats, kparams)
@@ -196,9 +200,9 @@ def _update(family, state: EMState, stats: Stats, kparams) -> EMState:
     return _advance(state, params, objective, converged, events, last=(shift, total))
 
 
-def kparams_centers(kparams, shift: np.ndarray) -> np.ndarray:
+def kparams_centers(kparams, shift: np.ndarray):
     """The centers a k-means pass ran with, in the data's dtype (the shift, for mixtures)."""
-    return kparams.centers if isinstance(kparams, KMeansKernelParams) else shift
+    return KMeansParams(kparams.centers) if isinstance(kparams, KMeansKernelParams) else shift
 
 
 def _total(family, stats: Stats, shift: np.ndarray) -> Stats:

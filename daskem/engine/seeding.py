@@ -32,7 +32,7 @@ from daskem.engine.em import (
 from daskem.engine.reduce import DEFAULT_SPLIT_EVERY
 from daskem.kernels.covariance import covariance
 from daskem.kernels.estep import KMeansKernelParams, kmeans_chunk_stats
-from daskem.kernels.mstep import GaussianParams, gaussian_m_step
+from daskem.kernels.mstep import GaussianParams, KMeansParams, gaussian_m_step
 from daskem.kernels.seeding import (
     ParallelRound,
     gaussian_params_from_resp,
@@ -209,9 +209,10 @@ def initial_mixtures(data: ChunkedData, summary: Summary, starts: Sequence[Mixtu
                                   [seed for _, seed in kmeans_jobs], split_every=split_every)
         tol = 1e-4 * float(np.mean(summary.variance))
         states = run_em(data, [KMeansFamily(tol)] * len(centers),
-                        [EMState(c) for c in centers], max_iter=300, phase="init",
-                        split_every=split_every)
-        fitted = {job: s.params for job, s in zip(kmeans_jobs, states, strict=True)}
+                        [EMState(KMeansParams(c)) for c in centers], max_iter=300,
+                        phase="init", split_every=split_every)
+        fitted = {job: s.params.cluster_centers
+                  for job, s in zip(kmeans_jobs, states, strict=True)}
     from_centers, centers_of = [], []
     on_sample: dict[tuple[int, int], np.ndarray] = {}
     for i, s in enumerate(starts):

@@ -31,7 +31,7 @@ from daskem.estimators.base import (
     with_fixed,
 )
 from daskem.kernels.estep import KMeansKernelParams, kmeans_labels, squared_distances
-from daskem.kernels.mstep import kmeans_inertia_after, kmeans_labels_stable
+from daskem.kernels.mstep import KMeansParams, kmeans_inertia_after, kmeans_labels_stable
 from daskem.kernels.random import spawn_seeds
 
 INITS = ("k-means||", "k-means++", "random")
@@ -56,9 +56,10 @@ def _settled(state: EMState, dtype) -> tuple[float, np.ndarray] | None:
     if not state.last or any(it == state.n_iter for it, _ in state.events):
         return None
     old, stats = state.last
-    if stats.margin == np.inf or not kmeans_labels_stable(stats, old, state.params, dtype):
+    centers = state.params.cluster_centers
+    if stats.margin == np.inf or not kmeans_labels_stable(stats, old, centers, dtype):
         return None
-    return kmeans_inertia_after(stats, old, state.params), stats.nk
+    return kmeans_inertia_after(stats, old, centers), stats.nk
 
 
 class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin,
@@ -216,12 +217,12 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin,
             if callable(self.init):
                 return self._called_init(X, rng, n_init, data.n_features, summary, family)
             if not isinstance(self.init, str):
-                return [EMState(check_array_shape("init", self.init,
-                                                  (self.n_clusters, data.n_features)))]
+                return [EMState(KMeansParams(check_array_shape(
+                    "init", self.init, (self.n_clusters, data.n_features))))]
             seeds = spawn_seeds(rng, n_init)
             centers = kmeans_centers(data, summary, self.n_clusters, seeds, self.init,
                                      split_every=self.split_every)
-            states = [EMState(c) for c in centers]
+            states = [EMState(KMeansParams(c)) for c in centers]
             if self.init == "k-means||":
                 return states  # every restart runs over the data
             # Lloyd on the sample for every restart; the best goes on over the data.
@@ -269,8 +270,8 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin,
         for seed in spawn_seeds(rng, n_init):
             centers = self.init(X, self.n_clusters,
                                 random_state=np.random.RandomState(seed % 2**32))
-            states.append(EMState(check_array_shape("init", centers,
-                                                    (self.n_clusters, n_features))))
+            states.append(EMState(KMeansParams(check_array_shape(
+                "init", centers, (self.n_clusters, n_features)))))
         if len(states) == 1:
             return states
         return choose_on_sample(summary, [family] * len(states), states, [0] * len(states),
@@ -280,7 +281,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin,
                    dtype=np.float64) -> None:
         """The fitted attributes; arrays in the data's ``dtype`` (float32 data give
         float32 centers, as in scikit-learn; the fit itself runs in float64)."""
-        self.cluster_centers_ = np.asarray(state.params, dtype=dtype)
+        self.cluster_centers_ = np.asarray(state.params.cluster_centers, dtype=dtype)
         self.inertia_ = inertia
         self.inertia_history_ = list(state.objectives)
         self.n_iter_ = state.n_iter
@@ -346,9 +347,9 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin,
         centers = kmeans_centers(data, summary, self.n_clusters, seeds, self.init,
                                  split_every=self.split_every)
         states = choose_on_sample(summary, [family] * len(centers),
-                                  [EMState(c) for c in centers], [0] * len(centers),
-                                  maximise=False)
-        return next(s.params for s in states if not s.dropped)
+                                  [EMState(KMeansParams(c)) for c in centers],
+                                  [0] * len(centers), maximise=False)
+        return next(s.params.cluster_centers for s in states if not s.dropped)
 
     def fit_predict(self, X, y=None, sample_weight=None):
         return self.fit(X, sample_weight=sample_weight).labels_

@@ -40,6 +40,17 @@ class GaussianParams:
 
 
 @dataclass(frozen=True)
+class KMeansParams:
+    """Parameters of k-means (scikit-learn's attribute name), float64."""
+
+    cluster_centers: np.ndarray
+
+    @property
+    def n_components(self) -> int:
+        return self.cluster_centers.shape[0]
+
+
+@dataclass(frozen=True)
 class Reseed:
     """One component or cluster moved onto a data row by the degenerate-component policy."""
 
