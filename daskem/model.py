@@ -44,6 +44,9 @@ class ModelKind:
     history_attr: str  # the objective per iteration: lower_bounds_, inertia_history_
     maximize: bool
     arrays: tuple[str, ...]  # parameter arrays (fitted attributes without the "_")
+    outputs: tuple[str, ...]  # per-sample outputs a job can write
+    # Config keys (model.*) whose estimator parameter has another name.
+    param_names: dict = field(default_factory=dict)
 
     def estimator_class(self):
         import daskem.estimators  # scikit-learn: only when an estimator is made
@@ -58,9 +61,12 @@ class ModelKind:
 
 GMM = ModelKind("gmm", "GaussianMixture", "lower bound", "lower_bound", "lower_bounds_",
                 maximize=True, arrays=("weights", "means", "covariances",
-                                       "precisions_cholesky"))
+                                       "precisions_cholesky"),
+                outputs=("labels", "responsibilities", "log_likelihood"),
+                param_names={"init": "init_params"})
 KMEANS = ModelKind("kmeans", "KMeans", "inertia", "inertia", "inertia_history_",
-                   maximize=False, arrays=("cluster_centers",))
+                   maximize=False, arrays=("cluster_centers",), outputs=("labels",),
+                   param_names={"n_components": "n_clusters"})
 KINDS = {kind.name: kind for kind in (GMM, KMEANS)}
 # Array names of run stores written before the names were unified.
 _OLD_NAMES = {"centers": "cluster_centers"}

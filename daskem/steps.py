@@ -36,21 +36,18 @@ from daskem.store import RunStore, describe_changes, format_passes, model_checks
 
 # ------------------------------------------------------------------------ the estimator
 
-# Config keys (model.*, fit.*) and the estimator parameters they set, where names differ.
-_RENAMED = {"gmm": {"init": "init_params"}, "kmeans": {"n_components": "n_clusters"}}
-
 
 def estimator_settings(config: RunConfig) -> dict:
     """The estimator parameters the config sets (the others keep the estimator's
     defaults), under the estimator's names."""
-    m, kind = config.model, config.model.kind
+    m, kind = config.model, kind_named(config.model.kind)
     values = {k: v for k, v in m.model_dump(exclude={"kind"}).items() if v is not None
               and not isinstance(getattr(m, k), FromRun)}
     values.update({k: v for k, v in config.fit.model_dump(exclude={"persist"}).items()
                    if v is not None})
     if config.data.chunk_rows is not None:
         values["chunk_rows"] = config.data.chunk_rows
-    return {_RENAMED[kind].get(k, k): v for k, v in values.items()}
+    return {kind.param_names.get(k, k): v for k, v in values.items()}
 
 
 def build_estimator(config: RunConfig, **warm):
@@ -389,12 +386,9 @@ def save_model(plan: Plan, estimator, selection, source: Source) -> ModelRecord:
 
 
 def output_names(config: RunConfig) -> list[str]:
-    out = config.output
-    names = ["labels"] if out.labels else []
-    if config.model.kind == "gmm":
-        names += ["responsibilities"] if out.responsibilities else []
-        names += ["log_likelihood"] if out.log_likelihood else []
-    return names
+    """The per-sample outputs the config asks for that its model kind has."""
+    return [name for name in kind_named(config.model.kind).outputs
+            if getattr(config.output, name)]
 
 
 def write_job_outputs(plan: Plan, lease: Lease, estimator, record: ModelRecord,
