@@ -18,7 +18,8 @@ from daskem.errors import (
 # pay for scikit-learn, the estimators or the engine it never runs.
 _LAZY = {"GaussianMixture": "daskem.estimators", "KMeans": "daskem.estimators",
          "Selection": "daskem.estimators", "select_mixture": "daskem.estimators",
-         "ConvergenceWarning": "daskem.errors", "NotFittedError": "daskem.errors"}
+         "ConvergenceWarning": "daskem.errors", "NotFittedError": "daskem.errors",
+         "load": "daskem.model", "save": "daskem.model"}
 
 
 def __getattr__(name: str):
@@ -50,5 +51,7 @@ __all__ = [
     "ParameterError",
     "Selection",
     "__version__",
+    "load",
+    "save",
     "select_mixture",
 ]

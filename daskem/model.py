@@ -87,7 +87,7 @@ def kind_of(estimator) -> ModelKind:
     if isinstance(estimator, KMeansParams):
         return KMEANS
     for kind in KINDS.values():
-        if type(estimator).__name__ == kind.estimator_name:
+        if isinstance(estimator, kind.estimator_class()):
             return kind
     raise ModelRecordError(f"{type(estimator).__name__} is not a daskem estimator")
 
@@ -197,6 +197,7 @@ class ModelRecord:
         ``standardize``: the scaling it was fitted after; ``rows_end``: the source rows
         0 to ``rows_end`` its statistics cover)."""
         kind = kind_of(estimator)
+        estimator._check_fitted(f"{kind.arrays[0]}_")
         arrays = {name: np.asarray(getattr(estimator, f"{name}_")) for name in kind.arrays}
         # The statistics of the last M-step: a later warm start with ``rows: new`` holds
         # them fixed.
@@ -302,6 +303,56 @@ def load_estimator(store):
     """The fitted estimator a run store holds, and its model attributes."""
     record = read_model(store)
     return record.estimator(), record.attrs
+
+
+# ------------------------------------------------------------------ public: save and load
+
+
+def save(estimator, path: str, *, storage_options: dict | None = None,
+         overwrite: bool = False) -> None:
+    """Write a fitted daskem estimator to ``path`` (a local path or fsspec URL) as a run
+    store holding its model: the format ``daskem run`` writes, so :func:`load`,
+    ``daskem inspect``, ``daskem predict`` and ``daskem report`` read either.
+
+    ``overwrite``: replace what is at ``path``; otherwise an existing store is refused.
+    """
+    from daskem.store import RunStore
+
+    record = ModelRecord.of(estimator)
+    store = RunStore(str(path), storage_options)
+    if store.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    store.create(None, None, {})
+    write_model(store, record)
+    store.set_status("complete", saved_by="daskem.save")
+
+
+def load(path: str, *, storage_options: dict | None = None):
+    """The fitted estimator of a run store (``daskem run``'s, or :func:`save`'s).
+
+    A model fitted on standardised features (``data.standardize: true``) lives in that
+    space: it comes back as a scikit-learn ``Pipeline`` of a ``StandardScaler`` holding the
+    stored mean and scale and the estimator (``pipeline[-1]``), so that ``predict`` takes
+    rows as the data source holds them.
+    """
+    from daskem.store import RunStore, no_run_store
+
+    store = RunStore(str(path), storage_options)
+    if not store.exists():
+        raise no_run_store(str(path))
+    record = read_model(store)
+    estimator = record.estimator()
+    if record.standardize is None:
+        return estimator
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    mean, scale = record.standardize
+    scaler = StandardScaler()
+    scaler.mean_, scaler.scale_, scaler.var_ = mean, scale, scale ** 2
+    scaler.n_features_in_ = len(mean)
+    scaler.n_samples_seen_ = int(record.attrs.get("rows_end") or 0)
+    return Pipeline([("standardize", scaler), ("model", estimator)])
 
 
 # ------------------------------------------------------------------ selection

@@ -16,7 +16,7 @@ import contextlib
 from daskem import steps
 from daskem.cluster import SchedulerLost, connect
 from daskem.config import ClusterConfig, RunConfig
-from daskem.errors import DataError
+from daskem.errors import ConfigError, DataError
 from daskem.io.outputs import write_outputs
 from daskem.io.source import open_source
 from daskem.lease import Lease
@@ -90,6 +90,9 @@ def predict_job(store_path: str, reporter: Reporter, *, data_config: RunConfig |
     if not store.exists():
         raise no_run_store(store_path)
     estimator, attrs = load_estimator(store)
+    if data_config is None and store.attrs.get("config") is None:
+        raise ConfigError(f"{store_path} holds a model saved by daskem.save, without a data "
+                          "config; give one with --data CONFIG")
     config = data_config or parse_config(store.attrs["config"], f"{store_path} (stored config)")
     config = config.absolute()
     standardize = standardization_from(attrs.get("standardize"))

@@ -207,9 +207,10 @@ class RunStore:
     def attrs(self) -> dict:
         return dict(self.group("r").attrs)
 
-    def create(self, config_json: dict, config_hash: str, fingerprint: dict) -> None:
+    def create(self, config_json: dict | None, config_hash: str | None,
+               fingerprint: dict) -> None:
         """Make the store's root group; anything already in it except the lease (taken
-        before the store is made) is removed."""
+        before the store is made) is removed. (``daskem.save`` makes one without a config.)"""
         with self.writing("the run store"):
             group = self._zarr.open_group(self.path, mode="a",
                                           storage_options=self.storage_options or None)
@@ -217,14 +218,14 @@ class RunStore:
                 if name != "lease":
                     del group[name]
             group.attrs.put({
-            "daskem_run_store": FORMAT_VERSION,
-            "status": "running",
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "config": config_json,
-            "config_hash": config_hash,
-            "fingerprint": fingerprint,
-            "versions": package_versions(),
-        })
+                "daskem_run_store": FORMAT_VERSION,
+                "status": "running",
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "config": config_json,
+                "config_hash": config_hash,
+                "fingerprint": fingerprint,
+                "versions": package_versions(),
+            })
 
     def reset(self) -> None:
         """Remove checkpoints, model, history, selection and outputs (a fit from scratch);

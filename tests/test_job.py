@@ -171,6 +171,13 @@ def test_fit_pipeline_leaves_the_run_store_daskem_run_leaves(tmp_path, small_sto
     ga, gb = zarr.open_group(a.path, mode="r"), zarr.open_group(b.path, mode="r")
     for name in sa["outputs"]["arrays"]:
         np.testing.assert_array_equal(ga["outputs"][name][...], gb["outputs"][name][...])
+    # daskem.load: the standardised model as a pipeline whose predict takes the raw rows.
+    import daskem
+
+    loaded = daskem.load(a.path)
+    assert type(loaded).__name__ == "Pipeline"
+    raw = np.asarray(zarr.open_group(str(small_store), mode="r")["X"][...])
+    np.testing.assert_array_equal(loaded.predict(raw), ga["outputs"]["labels"][...])
     if kind == "select":
         ta, tb = read_selection(a), read_selection(b)
         assert ta["table"] == tb["table"] and ta["chosen"] == tb["chosen"]

@@ -129,3 +129,45 @@ def test_no_model_yet_is_a_clear_error(tmp_path):
     store.create({}, "hash", {})
     with pytest.raises(ModelRecordError, match="holds no fitted model yet"):
         read_model(store)
+
+
+# ------------------------------------------------------------------ daskem.save / daskem.load
+
+
+@pytest.mark.parametrize("make", [lambda: GaussianMixture(3, covariance_type="tied",
+                                                          random_state=0),
+                                  lambda: KMeans(3, n_init=2, random_state=0)])
+def test_save_then_load_gives_the_same_estimator(tmp_path, make):
+    import pickle
+
+    import daskem
+
+    X = make_blobs(500, 3, 3, seed=6)
+    est = make().fit(X)
+    daskem.save(est, str(tmp_path / "m.zarr"))
+    back = daskem.load(str(tmp_path / "m.zarr"))
+    assert type(back) is type(est)
+    assert_same_fit(est, back)
+    np.testing.assert_array_equal(back.predict(X), est.predict(X))
+    again = pickle.loads(pickle.dumps(back))  # picklable, as scikit-learn's are
+    assert_same_fit(est, again)
+    # The format is the run store's: its reader sees the model.
+    assert read_model(RunStore(str(tmp_path / "m.zarr"))).kind is kind_of(est)
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        daskem.save(est, str(tmp_path / "m.zarr"))
+    other = make().fit(X[:250])
+    daskem.save(other, str(tmp_path / "m.zarr"), overwrite=True)
+    assert_same_fit(other, daskem.load(str(tmp_path / "m.zarr")))
+    with pytest.raises(daskem.DaskemError, match="no run store at"):
+        daskem.load(str(tmp_path / "none.zarr"))
+
+
+def test_save_refuses_an_unfitted_or_foreign_estimator(tmp_path):
+    from sklearn.cluster import KMeans as SkKMeans
+
+    import daskem
+
+    with pytest.raises(ModelRecordError, match="not a daskem estimator"):
+        daskem.save(SkKMeans(2).fit(make_blobs(50, 2, 2)), str(tmp_path / "x.zarr"))
+    with pytest.raises(daskem.NotFittedError):
+        daskem.save(KMeans(2), str(tmp_path / "y.zarr"))
