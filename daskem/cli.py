@@ -291,8 +291,10 @@ def inspect(
             print(f"selection by {sel['criterion'].upper()} among {len(sel['table'])} "
                   "candidates (* chosen):")
             print(format_table(sel["table"]))
-        data = (info["config"] or {}).get("data", {})
-        print(f"data: {data.get('path')}")
+        if info["config"] is None:
+            print("saved by daskem.save: no job config")
+        else:
+            print(f"data: {info['config'].get('data', {}).get('path')}")
         return runner.EXIT_OK
 
     raise typer.Exit(_guard(job))
