@@ -117,6 +117,37 @@ def stored_params(names) -> list[str]:
     return [n for n in GMM.arrays if n in names]
 
 
+# Dimension names of the stored arrays (so that xarray opens every group), by array name
+# and number of dimensions: covariances of a tied mixture have no component dimension, of a
+# spherical or fixed one no feature dimension.
+_DIMS = {"weights": {1: ("component",)},
+         "means": {2: ("component", "feature")},
+         "cluster_centers": {2: ("cluster", "feature")},
+         "covariances": {3: ("component", "feature", "feature_j"), 2: None, 1: ("component",)},
+         "objective": {1: ("iteration",)},
+         "seconds": {1: ("pass",)}}
+_DIMS["precisions_cholesky"] = _DIMS["covariances"]
+
+
+def dimension_names(name: str, shape: tuple, covariance_type: str | None = None
+                    ) -> tuple[str, ...]:
+    """The dimension names an array of the run store is written with."""
+    if name in ("covariances", "precisions_cholesky") and len(shape) == 2:
+        return (("feature", "feature_j") if covariance_type == "tied" else
+                ("component", "feature"))
+    known = _DIMS.get(name, {}).get(len(shape))
+    return known if known else tuple(f"{name}_{i}" for i in range(len(shape)))
+
+
+def write_arrays(group, arrays: dict[str, np.ndarray], covariance_type: str | None = None
+                 ) -> None:
+    """Arrays into a Zarr group, each with its dimension names."""
+    for name, value in arrays.items():
+        value = np.asarray(value)
+        group.create_array(name, data=value,
+                           dimension_names=dimension_names(name, value.shape, covariance_type))
+
+
 def stats_arrays(prefix: str, items) -> dict[str, np.ndarray]:
     """``(shift, Stats)`` pairs as one array named ``prefix`` (none if there are none)."""
     return {prefix: pack_stats(list(items))} if items else {}
@@ -268,12 +299,12 @@ def write_model(store, record: ModelRecord) -> None:
             if name in root:
                 del root[name]
         model = root.create_group("model")
-        for key, value in record.arrays.items():
-            model.create_array(key, data=np.asarray(value))
+        write_arrays(model, record.arrays, record.attrs["params"].get("covariance_type"))
         model.attrs.update({**record.attrs, "kind": record.kind.name})
         hist = root.create_group("history")
-        for key, value in record.history.items():
-            hist.create_array(key, data=np.asarray(value, dtype=np.float64))
+        write_arrays(hist, {k: np.asarray(v, dtype=np.float64)
+                            for k, v in record.history.items()})
+
 
 
 def read_history(store) -> dict[str, np.ndarray]:
@@ -369,11 +400,16 @@ def write_selection(store, selection) -> None:
         for i, (cand, row) in enumerate(zip(selection.candidates, table, strict=True)):
             sub = group.create_group(f"candidate_{i:03d}")
             record = ModelRecord.of(cand.estimator)
-            for name in record.kind.arrays:
-                sub.create_array(name, data=record.arrays[name])
+            write_arrays(sub, {name: record.arrays[name] for name in record.kind.arrays},
+                         cand.estimator.covariance_type)
             sub.attrs.update({**row, "objectives": record.history["objective"].tolist()})
         group.attrs.update({"criterion": selection.criterion, "chosen": selection.best_index,
                             "table": table})
+        # The table's numeric columns as arrays over the candidates (xarray opens them).
+        for column in ("n_components", "log_likelihood", "n_parameters", "bic", "aic",
+                       "n_iter", "converged", "chosen"):
+            group.create_array(column, data=np.asarray([row[column] for row in table]),
+                               dimension_names=("candidate",))
 
 
 def read_selection(store) -> dict | None:

@@ -45,6 +45,7 @@ from daskem.model import (
     stats_arrays,
     stats_from,
     stored_params,
+    write_arrays,
 )
 
 # The pointer is a Zarr group of its own whose metadata document daskem writes atomically;
@@ -199,8 +200,9 @@ class RunStore:
             f"{self._root}/.zgroup")
 
     def group(self, mode: str = "a"):
-        """The store's root Zarr group."""
-        return self._zarr.open_group(self.path, mode=mode,
+        """The store's root Zarr group, read without its consolidated metadata (which is
+        written when the store is complete, and may be stale once a job resumes it)."""
+        return self._zarr.open_group(self.path, mode=mode, use_consolidated=False,
                                      storage_options=self.storage_options or None)
 
     @property
@@ -212,8 +214,7 @@ class RunStore:
         """Make the store's root group; anything already in it except the lease (taken
         before the store is made) is removed. (``daskem.save`` makes one without a config.)"""
         with self.writing("the run store"):
-            group = self._zarr.open_group(self.path, mode="a",
-                                          storage_options=self.storage_options or None)
+            group = self.group()
             for name in list(group):
                 if name != "lease":
                     del group[name]
@@ -280,8 +281,15 @@ class RunStore:
                 "resume anyway, or start a new run store")
 
     def set_status(self, status: str, **extra) -> None:
+        """Set the store's status. Any change drops the consolidated metadata; ``complete``
+        consolidates the whole store's metadata anew (xarray opens each group in one read)."""
         with self.writing("the run store's status"):
-            self.group().attrs.update({"status": status, **extra})
+            root = self.group()
+            root.attrs.update({"status": status, **extra})
+            if status == "complete":
+                with warnings.catch_warnings():  # "not part of the Zarr 3 specification"
+                    warnings.filterwarnings("ignore", "Consolidated metadata")
+                    self._zarr.consolidate_metadata(root.store, path=root.path)
 
     # ---------------------------------------------------------------- pointer
 
@@ -338,9 +346,9 @@ class RunStore:
         arrays = []
         for i, state in enumerate(states):
             sub = group.create_group(f"model_{i}")
-            for key, value in _state_arrays(state).items():
-                sub.create_array(key, data=value)
-                arrays.append(value)
+            values = _state_arrays(state)
+            write_arrays(sub, values, getattr(state.params, "covariance_type", None))
+            arrays.extend(values.values())
             sub.attrs.update(_state_attrs(state))
         now = time.monotonic()
         if self._seconds is None:  # saving without a load first: read them once

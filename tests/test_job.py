@@ -178,9 +178,26 @@ def test_fit_pipeline_leaves_the_run_store_daskem_run_leaves(tmp_path, small_sto
     assert type(loaded).__name__ == "Pipeline"
     raw = np.asarray(zarr.open_group(str(small_store), mode="r")["X"][...])
     np.testing.assert_array_equal(loaded.predict(raw), ga["outputs"]["labels"][...])
+    # Every group opens in xarray, with dimension names.
+    import xarray as xr
+
+    model = xr.open_zarr(a.path, group="model")
+    assert model["means"].dims == ("component", "feature")
+    assert model["covariances"].dims[0] == "component"
+    history = xr.open_zarr(a.path, group="history")
+    assert history["objective"].dims == ("iteration",)
+    np.testing.assert_array_equal(history["objective"].values, ra.history["objective"])
+    newest = a.read_pointer().group
+    assert xr.open_zarr(a.path, group=f"{newest}/model_0", consolidated=False)["weights"].dims \
+        == ("component",)
     if kind == "select":
         ta, tb = read_selection(a), read_selection(b)
         assert ta["table"] == tb["table"] and ta["chosen"] == tb["chosen"]
+        table = xr.open_zarr(a.path, group="selection")
+        assert table["bic"].dims == ("candidate",)
+        assert table["bic"].values.tolist() == [row["bic"] for row in ta["table"]]
+        first = xr.open_zarr(a.path, group="selection/candidate_000")
+        assert first["means"].shape == (ta["table"][0]["n_components"], 4)
     # Rerun: both see the store complete.
     again = run("pipelines/fit.py", str(cfg), f"run.store={tmp_path / 'pipe.zarr'}")
     assert "nothing to do" in again.stdout and "'status': 'complete'" in again.stdout
