@@ -56,7 +56,7 @@ def _guard(fn, *, job: dict | None = None, stopper: Stopper | None = None):
     """
     def rerun(first: str = "") -> str:
         store = (job or {}).get("store")
-        note = runner.resume_note(store) if store else "rerun"
+        note = runner.resume_note(store, job.get("options")) if store else "rerun"
         return f"{first}; {note}" if first else note
 
     try:
@@ -139,6 +139,28 @@ LogJsonOpt = Annotated[Path | None, typer.Option(
 ForceOpt = Annotated[bool, typer.Option(help="resume even if the data source changed shape "
                                         "or chunking since the run started")]
 DebugOpt = Annotated[bool, typer.Option(help="show distributed's own client logs")]
+StorageOpt = Annotated[list[str], typer.Option(
+    "--storage-option", metavar="KEY=VALUE",
+    help="an fsspec storage option for the run store (and --out), the value read as YAML; "
+    "a dotted key nests: --storage-option client_kwargs.endpoint_url=http://host:9000 "
+    "(repeatable)")]
+
+
+def storage_options(items: list[str]) -> dict:
+    """``--storage-option KEY=VALUE`` items as fsspec storage options."""
+    import yaml
+
+    options: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--storage-option {item!r}: expected KEY=VALUE")
+        *parents, last = key.split(".")
+        node = options
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = yaml.safe_load(value) if value else ""
+    return options
 
 
 def _job(config: Path, set_: list[str], quiet: bool, log_json: Path | None, force: bool,
@@ -146,7 +168,7 @@ def _job(config: Path, set_: list[str], quiet: bool, log_json: Path | None, forc
     def job():
         _quiet_client_logs(debug)
         cfg = load_config(config, set_)
-        loaded["store"] = cfg.run.store
+        loaded["store"], loaded["options"] = cfg.run.store, cfg.run.storage_options
         if select and cfg.select is None:
             raise ConfigError(f"{config}: no select section (select: {{n_components: [...], "
                               "covariance_types: [...]}}); see configs/select.yaml")
@@ -215,10 +237,11 @@ def inspect(
     run_store: Annotated[str, typer.Argument(help="path or URL of a run store",
                                              metavar="RUN_STORE")],
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    storage_option: StorageOpt = [],  # noqa: B006
 ) -> None:
     """What a run store holds: status, iterations, objective history, parameters, config."""
     def job():
-        store = RunStore(run_store)
+        store = RunStore(run_store, storage_options(storage_option))
         if not store.exists():
             raise no_run_store(run_store)
         attrs = store.attrs
@@ -309,12 +332,13 @@ def predict(
     out: Annotated[str | None, typer.Option(help="Zarr store for the outputs (default: "
                                             "group 'predictions' of the run store)")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    storage_option: StorageOpt = [],  # noqa: B006
 ) -> None:
     """Label and score a data source with a fitted model, lazily, writing Zarr."""
     def job():
         cfg = load_config(data) if data is not None else None
         return runner.predict_job(run_store, runner.Reporter(quiet=quiet), data_config=cfg,
-                                  out=out)
+                                  out=out, storage_options=storage_options(storage_option))
 
     raise typer.Exit(_guard(job))
 

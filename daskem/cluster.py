@@ -124,7 +124,7 @@ def check_workers(client, config: RunConfig, lease: Lease) -> None:
     (one small task per worker, no data read). Workers of a joined cluster may run on other
     machines, in other directories or without the client's mounts; writing outputs there
     would put them out of the client's sight."""
-    checks = {"run.store": (config.run.store, {}, lease.token)}
+    checks = {"run.store": (config.run.store, dict(config.run.storage_options), lease.token)}
     if not config.data.path.endswith(".npy"):  # a .npy source is read by the client
         checks["data.path"] = (config.data.path, dict(config.data.storage_options), None)
     seen = client.run(_seen_by_worker, checks)

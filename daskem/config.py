@@ -12,6 +12,7 @@ import difflib
 import hashlib
 import json
 import os
+import re
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -163,6 +164,8 @@ class OutputConfig(_Section):
     labels: bool = True
     responsibilities: bool = Field(True, description="gmm only")
     log_likelihood: bool = Field(True, description="gmm only")
+    storage_options: dict[str, Any] | None = Field(
+        None, description="passed to fsspec for output.path; default: run.storage_options")
 
 
 class SelectConfig(_Section):
@@ -193,6 +196,10 @@ class RunSection(_Section):
     store: str = Field(description="the run store (Zarr): checkpoints, model, history")
     keep_checkpoints: int = Field(3, ge=1, description="the newest checkpoints kept; older "
                                   "ones are removed once a newer one is complete")
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, description="passed to fsspec for run.store (and for "
+        "model.init.from_run), e.g. {key: ..., secret: ..., client_kwargs: {endpoint_url: "
+        "...}}")
 
 
 class RunConfig(_Section):
@@ -251,11 +258,48 @@ class RunConfig(_Section):
         The cluster and the outputs can change between an interrupted run and its resume.
         """
         dumped = self.model_dump(mode="json")
+        # How the source is reached (credentials, endpoint) is not what is fitted: new
+        # credentials must not make a run store "another config's".
+        dumped["data"].pop("storage_options")
         payload = {k: dumped[k] for k in ("data", "model", "fit")}
         if self.select is not None:
             payload["select"] = dumped["select"]
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
+
+
+# Storage-option keys whose values are secrets: the run store keeps the config without them.
+_SECRET = re.compile(r"secret|token|password|passwd|credential|key", re.IGNORECASE)
+REDACTED = "<redacted>"
+
+
+def redacted(value, secret: bool = False):
+    """``value`` with every entry under a secret-looking key replaced by ``<redacted>``."""
+    if isinstance(value, dict):
+        return {k: redacted(v, secret or bool(_SECRET.search(str(k))))
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [redacted(v, secret) for v in value]
+    return REDACTED if secret and value is not None else value
+
+
+def stored_config(config: RunConfig) -> dict:
+    """The config as a run store keeps it: JSON, the storage options' secrets redacted."""
+    dumped = config.model_dump(mode="json")
+    for section in ("data", "run", "output"):
+        options = dumped[section].get("storage_options")
+        if options:
+            dumped[section]["storage_options"] = redacted(options)
+    return dumped
+
+
+def has_redacted(options) -> bool:
+    """Whether storage options (as a run store keeps them) lost a secret to redaction."""
+    if isinstance(options, dict):
+        return any(has_redacted(v) for v in options.values())
+    if isinstance(options, list):
+        return any(has_redacted(v) for v in options)
+    return options == REDACTED
 
 
 def absolute_path(path: str) -> str:

@@ -48,7 +48,7 @@ def run_job(config: RunConfig, reporter: Reporter, *, force: bool = False,
     plan = steps.prepare(config, reporter, force=force)
     if plan is None:  # complete for this config and data
         return EXIT_OK
-    with Lease(plan.config.run.store) as lease, \
+    with Lease(plan.config.run.store, plan.config.run.storage_options) as lease, \
             connect(plan.config.cluster, reporter) as client:
         steps.take_store(plan, lease, client, reporter, stopper)
         source = steps.open_data(plan.config, None if plan.fresh else plan.store, plan.warm)
@@ -65,10 +65,10 @@ def run_job(config: RunConfig, reporter: Reporter, *, force: bool = False,
     return EXIT_OK
 
 
-def resume_note(store_path: str) -> str:
+def resume_note(store_path: str, storage_options: dict | None = None) -> str:
     """What rerunning a failed or stopped job does, read from its run store as it is."""
     try:
-        store = RunStore(store_path)
+        store = RunStore(store_path, storage_options)
         pointer = store.read_pointer() if store.exists() else None
         status = store.attrs.get("status") if pointer is not None else None
     except Exception:  # noqa: BLE001 - the note must not fail where the job did
@@ -82,22 +82,31 @@ def resume_note(store_path: str) -> str:
 
 
 def predict_job(store_path: str, reporter: Reporter, *, data_config: RunConfig | None = None,
-                out: str | None = None, cluster: ClusterConfig | None = None) -> int:
-    """Label and score a data source with a fitted run store's model; write Zarr outputs."""
-    from daskem.config import parse_config
+                out: str | None = None, cluster: ClusterConfig | None = None,
+                storage_options: dict | None = None) -> int:
+    """Label and score a data source with a fitted run store's model; write Zarr outputs
+    (into the run store's ``predictions`` group, or to ``out``). ``storage_options``: for
+    the run store and ``out``."""
+    from daskem.config import has_redacted, parse_config
 
-    store = RunStore(store_path)
+    options = dict(storage_options or {})
+    store = RunStore(store_path, options)
     if not store.exists():
         raise no_run_store(store_path)
     estimator, attrs = load_estimator(store)
-    if data_config is None and store.attrs.get("config") is None:
+    stored = store.attrs.get("config")
+    if data_config is None and stored is None:
         raise ConfigError(f"{store_path} holds a model saved by daskem.save, without a data "
                           "config; give one with --data CONFIG")
-    config = data_config or parse_config(store.attrs["config"], f"{store_path} (stored config)")
+    if data_config is None and has_redacted(stored["data"].get("storage_options")):
+        raise ConfigError(f"{store_path}: the stored config's data.storage_options hold "
+                          "secrets, which the run store does not keep; give the data source "
+                          "with --data CONFIG")
+    config = data_config or parse_config(stored, f"{store_path} (stored config)")
     config = config.absolute()
     standardize = standardization_from(attrs.get("standardize"))
     # Predictions written into the run store need it to themselves.
-    owned = Lease(store_path) if out is None else contextlib.nullcontext()
+    owned = Lease(store_path, options) if out is None else contextlib.nullcontext()
     with owned, connect(cluster or config.cluster, reporter):
         source = open_source(config.data.model_copy(update={"missing": "error"}),
                              standardize=standardize)
@@ -110,7 +119,8 @@ def predict_job(store_path: str, reporter: Reporter, *, data_config: RunConfig |
                             f"{attrs['features']}")
         target = out or store_path
         group = "predictions" if out is None else ""
-        written = write_outputs(estimator, source, steps.output_names(config), target, group)
+        written = write_outputs(estimator, source, steps.output_names(config), target, group,
+                                options)
     reporter.info(f"wrote {', '.join(written)} for {source.n_rows:,} rows to "
                   f"{target}{'/' + group if group else ''}")
     return EXIT_OK

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from daskem.cluster import check_workers
-from daskem.config import FromRun, RunConfig
+from daskem.config import FromRun, RunConfig, stored_config
 from daskem.errors import ConfigError, DataError, RunStoreError
 from daskem.io.outputs import write_outputs
 from daskem.io.source import Source, open_source
@@ -116,7 +116,7 @@ def read_warm_model(config: RunConfig) -> WarmModel | None:
     init = config.model.init
     if not isinstance(init, FromRun):
         return None
-    store = RunStore(init.from_run)
+    store = RunStore(init.from_run, config.run.storage_options)
     if not store.exists():
         raise ConfigError(f"model.init.from_run: no run store at {init.from_run}")
     try:
@@ -267,7 +267,8 @@ def prepare(config: RunConfig, reporter: Reporter, *, force: bool = False) -> Pl
     data's metadata, the warm start, the run store's config. ``None``: the run store is
     already complete for this config and data (nothing to do)."""
     config = config.absolute()
-    store = RunStore(config.run.store, keep_checkpoints=config.run.keep_checkpoints)
+    store = RunStore(config.run.store, config.run.storage_options,
+                     keep_checkpoints=config.run.keep_checkpoints)
     warm = read_warm_model(config)
     probed = probe_data(config, warm)  # metadata and the chunk listing: no pass
     if not store.exists():
@@ -323,7 +324,7 @@ def open_store(plan: Plan, source: Source, reporter: Reporter, *, force: bool = 
     if store.exists() and not plan.fresh:
         store.check_compatible(config_hash, record, force=force)
     else:
-        store.create(config.model_dump(mode="json"), config_hash, record)
+        store.create(stored_config(config), config_hash, record)
         if source.standardize is not None:
             from daskem.model import standardization_attrs
 
@@ -391,15 +392,23 @@ def output_names(config: RunConfig) -> list[str]:
             if getattr(config.output, name)]
 
 
+def output_target(config: RunConfig) -> tuple[str, str, dict]:
+    """Where the outputs go: (store, group, storage options)."""
+    if config.output.path is None:
+        return config.run.store, "outputs", dict(config.run.storage_options)
+    options = config.output.storage_options
+    return config.output.path, "", dict(config.run.storage_options if options is None
+                                        else options)
+
+
 def write_job_outputs(plan: Plan, lease: Lease, estimator, record: ModelRecord,
                       source: Source, resumed: bool) -> dict:
     """Write the per-sample outputs, then mark the run store ``complete`` with where they
     are and the passes over the data (by phase): returns that record."""
     config, store = plan.config, plan.store
-    target = config.output.path or config.run.store
-    group = "outputs" if config.output.path is None else ""
+    target, group, options = output_target(config)
     lease.check()
-    written = write_outputs(estimator, source, output_names(config), target, group)
+    written = write_outputs(estimator, source, output_names(config), target, group, options)
     passes = {**source.passes, **record.attrs["passes"]}
     if written:
         passes["outputs"] = 1
