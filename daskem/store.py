@@ -45,7 +45,6 @@ from daskem.model import (
     stats_arrays,
     stats_from,
     stored_params,
-    write_arrays,
 )
 
 # The pointer is a Zarr group of its own whose metadata document daskem writes atomically;
@@ -180,12 +179,19 @@ class RunStore:
         self._zarr = zarr
         self._last_save = time.monotonic()
         self._seconds: list[float] | None = None  # pass timings, kept here once known
+        self._forget()
         if keep_checkpoints is not None and keep_checkpoints < 1:
             raise ValueError(f"keep_checkpoints={keep_checkpoints}: keep at least 1")
         self.keep_checkpoints = keep_checkpoints
         # Entered around every write: the job sets it to check that it still owns the store
         # and to hold a stop signal until the write is complete.
         self.guard: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+
+    def _forget(self) -> None:
+        """Drop what this object knows of the store's checkpoints (made or emptied anew)."""
+        self._checkpoints_group = None
+        self._names: list[str] | None = None  # checkpoint names, once listed
+        self._finished: set[str] = set()  # checkpoints known to be complete
 
     @contextlib.contextmanager
     def writing(self, what: str) -> Iterator[None]:
@@ -218,6 +224,7 @@ class RunStore:
             for name in list(group):
                 if name != "lease":
                     del group[name]
+            self._forget()
             group.attrs.put({
                 "daskem_run_store": FORMAT_VERSION,
                 "status": "running",
@@ -236,6 +243,7 @@ class RunStore:
             for name in list(group):
                 if name != "lease":
                     del group[name]
+        self._forget()
         self._seconds = None
 
     def fingerprint_changes(self, fingerprint: dict) -> list[str]:
@@ -338,51 +346,65 @@ class RunStore:
     def _save(self, states: list[EMState]) -> None:
         step = max(s.n_iter for s in states)
         name = f"iter_{step:06d}"
-        root = self.group()
-        checkpoints = root.require_group("checkpoints")
-        if name in checkpoints:  # left over from a run killed while writing it
-            del checkpoints[name]
-        group = checkpoints.create_group(name)
-        arrays = []
-        for i, state in enumerate(states):
-            sub = group.create_group(f"model_{i}")
-            values = _state_arrays(state)
-            write_arrays(sub, values, getattr(state.params, "covariance_type", None))
-            arrays.extend(values.values())
-            sub.attrs.update(_state_attrs(state))
+        values, layout = [], []
+        for state in states:
+            arrays = _state_arrays(state)
+            values.extend(arrays.values())
+            layout.append({"state": _state_attrs(state), "arrays": [
+                [key, list(np.shape(v)), str(np.asarray(v).dtype)] for key, v in arrays.items()]})
+        packed = np.concatenate([np.asarray(v, dtype=np.float64).ravel() for v in values])
         now = time.monotonic()
         if self._seconds is None:  # saving without a load first: read them once
             self._seconds = self._stored_seconds()
         self._seconds.append(now - self._last_save)
-        seconds = list(self._seconds)
         self._last_save = now
-        checksum = _checksum(arrays)
-        group.attrs.update({"step": step, "n_models": len(states), "seconds": seconds,
-                            "checksum": checksum})
+        checksum = _checksum(values)
+        # One array (one chunk) and its metadata: few requests on an object store. Its
+        # metadata is written before its chunk; a checkpoint torn between the two fails
+        # its checksum and is skipped.
+        self._checkpoints().create_array(
+            name, data=packed, chunks=(max(len(packed), 1),), dimension_names=("packed",),
+            overwrite=True,  # a leftover of a run killed while writing it
+            attributes={"step": step, "n_models": len(states), "seconds": list(self._seconds),
+                        "checksum": checksum, "states": layout})
         self._write_pointer(Pointer(f"checkpoints/{name}", checksum, step))
         self._prune(name)
+
+    def _checkpoints(self):
+        """The ``checkpoints`` group (opened once per store object)."""
+        if self._checkpoints_group is None:
+            self._checkpoints_group = self.group().require_group("checkpoints")
+        return self._checkpoints_group
 
     def _prune(self, newest: str) -> None:
         """Remove the checkpoints older than the newest ``keep_checkpoints`` complete ones,
         once the pointer names ``newest``: a damaged newest checkpoint still has older ones
-        to fall back on, and a job killed while pruning leaves only complete groups."""
+        to fall back on, and a job killed while pruning leaves only complete ones."""
         if self.keep_checkpoints is None:
             return
-        names = [n for n in self.checkpoint_names() if n <= newest]
+        if self._names is None:  # listed once; then kept up to date here
+            self._names = self.checkpoint_names()
+        self._names = sorted(set(self._names) | {newest})
+        self._finished.add(newest)
+        names = [n for n in self._names if n <= newest]
         kept = 0
         for i in range(len(names) - 1, -1, -1):
             kept += self._complete(names[i])
             if kept == self.keep_checkpoints:
                 for old in names[:i]:
                     self._fs.rm(f"{self._root}/checkpoints/{old}", recursive=True)
+                self._names = [n for n in self._names if n not in names[:i]]
                 return
 
     def _complete(self, name: str) -> bool:
-        """Whether checkpoint ``name`` was finished (its checksum is written last)."""
-        try:
-            return "checksum" in self.group("r")[f"checkpoints/{name}"].attrs
-        except Exception:  # noqa: BLE001 - a torn group can fail in many ways
-            return False
+        """Whether checkpoint ``name`` was finished (its checksum is in its metadata)."""
+        if name not in self._finished:
+            try:
+                if "checksum" in self.group("r")[f"checkpoints/{name}"].attrs:
+                    self._finished.add(name)
+            except Exception:  # noqa: BLE001 - a torn checkpoint can fail in many ways
+                return False
+        return name in self._finished
 
     def pass_seconds(self) -> list[float]:
         """Seconds between consecutive checkpoints (the first: start to initialised)."""
@@ -398,17 +420,28 @@ class RunStore:
             return []
 
     def _read_checkpoint(self, name: str, checksum: str | None) -> list[EMState] | None:
-        group = self.group("r")[name]
-        n_models = int(group.attrs["n_models"])
+        node = self.group("r")[name]
+        attrs = dict(node.attrs)
         states, arrays = [], []
-        for i in range(n_models):
-            sub = group[f"model_{i}"]
-            keys = _state_keys(sub)
-            values = {key: np.asarray(sub[key][...]) for key in keys}
-            arrays.extend(values[key] for key in keys)
-            states.append(_state_from(values, dict(sub.attrs)))
-        # A group without its checksum was not finished (the checksum is written last).
-        expected = checksum or group.attrs.get("checksum")
+        if "states" in attrs:  # one packed array
+            packed, offset = np.asarray(node[...]), 0
+            for entry in attrs["states"]:
+                values = {}
+                for key, shape, dtype in entry["arrays"]:
+                    size = int(np.prod(shape, dtype=np.int64))
+                    values[key] = packed[offset:offset + size].reshape(shape).astype(dtype)
+                    offset += size
+                arrays.extend(values.values())
+                states.append(_state_from(values, entry["state"]))
+        else:  # a group per restart (run stores of an earlier daskem)
+            for i in range(int(attrs["n_models"])):
+                sub = node[f"model_{i}"]
+                keys = _state_keys(sub)
+                values = {key: np.asarray(sub[key][...]) for key in keys}
+                arrays.extend(values[key] for key in keys)
+                states.append(_state_from(values, dict(sub.attrs)))
+        # Without its checksum a checkpoint was not finished.
+        expected = checksum or attrs.get("checksum")
         if expected is None or _checksum(arrays) != expected:
             return None
         return states
@@ -433,7 +466,7 @@ class RunStore:
         candidates = []
         if pointer is not None:
             candidates.append((pointer.group, pointer.checksum))
-        names = self.checkpoint_names()
+        names = self._names = self.checkpoint_names()
         newest = pointer.step if pointer is not None else None
         for name in reversed(names):
             step = int(name.split("_")[1])

@@ -108,8 +108,8 @@ def test_keep_checkpoints_prunes_and_resume_still_falls_back(tmp_path, small_sto
     assert names == ["iter_000007", "iter_000008"]
     assert store.read_pointer().group == "checkpoints/iter_000008"
     # The newest damaged: the one older checkpoint kept is where a resume goes on from.
-    means = zarr.open_group(str(path), mode="a")["checkpoints/iter_000008/model_0"]["means"]
-    means[0, 0] = means[0, 0] + 1.0
+    packed = zarr.open_group(str(path), mode="a")["checkpoints/iter_000008"]
+    packed[0] = packed[0] + 1.0  # bit rot in the newest checkpoint
     with pytest.warns(CheckpointWarning, match="damaged; resuming from checkpoints/iter_000007"):
         states = store.load()
     assert states[0].n_iter == 7
@@ -125,8 +125,7 @@ def test_pruning_after_a_job_killed_while_writing_a_checkpoint(tmp_path):
         GaussianMixture(2, random_state=0, max_iter=3, tol=0).fit(X, checkpoint=store)
     assert store.checkpoint_names() == ["iter_000002", "iter_000003"]
     group = zarr.open_group(str(tmp_path / "torn.zarr"), mode="a")
-    torn = group["checkpoints"].create_group("iter_000004").create_group("model_0")
-    torn.create_array("means", data=np.zeros((2, 2)))
+    group["checkpoints"].create_array("iter_000004", data=np.zeros(5))  # no checksum
     states = RunStore(str(tmp_path / "torn.zarr"), keep_checkpoints=2).load()
     assert states[0].n_iter == 3
     assert store.checkpoint_names() == ["iter_000002", "iter_000003", "iter_000004"]
@@ -187,9 +186,6 @@ def test_fit_pipeline_leaves_the_run_store_daskem_run_leaves(tmp_path, small_sto
     history = xr.open_zarr(a.path, group="history")
     assert history["objective"].dims == ("iteration",)
     np.testing.assert_array_equal(history["objective"].values, ra.history["objective"])
-    newest = a.read_pointer().group
-    assert xr.open_zarr(a.path, group=f"{newest}/model_0", consolidated=False)["weights"].dims \
-        == ("component",)
     if kind == "select":
         ta, tb = read_selection(a), read_selection(b)
         assert ta["table"] == tb["table"] and ta["chosen"] == tb["chosen"]

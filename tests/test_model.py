@@ -96,26 +96,31 @@ def test_one_set_of_array_names_in_checkpoints_and_model(tmp_path):
         write_model(store, ModelRecord.of(est))
         root = zarr.open_group(str(path), mode="r")
         newest = store.read_pointer().group
-        in_checkpoint = {n for n, _ in root[f"{newest}/model_0"].arrays()}
-        assert set(kind.arrays) <= in_checkpoint
+        layout = root[newest].attrs["states"][0]["arrays"]
+        assert [name for name, _, _ in layout][:len(kind.arrays)] == list(kind.arrays)
         assert set(kind.arrays) <= {n for n, _ in root["model"].arrays()}
         assert read_model(store).kind is kind_of(est) is kind
 
 
-def test_run_store_of_an_earlier_daskem_with_centers_is_read(tmp_path):
-    """Stores written before the names were unified called k-means' parameters
-    ``centers`` in checkpoints: they still resume."""
-    X = make_blobs(400, 2, 2, seed=3)
+def test_run_store_of_an_earlier_daskem_resumes(tmp_path):
+    """Checkpoints written by an earlier daskem: a group per restart, k-means' parameters
+    named ``centers``. They still resume."""
+    from daskem.store import Pointer, _checksum
+
+    centers = np.arange(6.0).reshape(3, 2)
     store = RunStore(str(tmp_path / "old.zarr"))
-    KMeans(2, random_state=0, max_iter=3).fit(X, checkpoint=store)
+    store.create({}, "hash", {})
     group = zarr.open_group(str(tmp_path / "old.zarr"), mode="a")
-    pointer = store.read_pointer().group
-    sub = group[f"{pointer}/model_0"]
-    centers = np.asarray(sub["cluster_centers"][...])
-    del sub["cluster_centers"]
+    old = group.require_group("checkpoints").create_group("iter_000004")
+    sub = old.create_group("model_0")
     sub.create_array("centers", data=centers)
-    states = RunStore(str(tmp_path / "old.zarr")).load()
-    np.testing.assert_array_equal(states[0].params.cluster_centers, centers)
+    sub.attrs.update({"n_iter": 4, "converged": False, "objectives": [4.0, 3.0, 2.0, 1.0],
+                      "events": [[2, 1, 17, "empty cluster"]], "dropped": ""})
+    old.attrs.update({"step": 4, "n_models": 1, "checksum": _checksum([centers])})
+    store._write_pointer(Pointer("checkpoints/iter_000004", _checksum([centers]), 4))
+    (state,) = RunStore(str(tmp_path / "old.zarr")).load()
+    np.testing.assert_array_equal(state.params.cluster_centers, centers)
+    assert state.n_iter == 4 and state.events[0][1].row == 17
 
 
 def test_registry_names_each_kind_once():
