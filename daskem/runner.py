@@ -121,6 +121,8 @@ def predict_job(store_path: str, reporter: Reporter, *, data_config: RunConfig |
         group = "predictions" if out is None else ""
         written = write_outputs(estimator, source, steps.output_names(config), target, group,
                                 options)
+        if out is None:  # xarray and zarr readers see the new group
+            store.consolidate()
     reporter.info(f"wrote {', '.join(written)} for {source.n_rows:,} rows to "
                   f"{target}{'/' + group if group else ''}")
     return EXIT_OK

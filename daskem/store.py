@@ -295,9 +295,17 @@ class RunStore:
             root = self.group()
             root.attrs.update({"status": status, **extra})
             if status == "complete":
-                with warnings.catch_warnings():  # "not part of the Zarr 3 specification"
-                    warnings.filterwarnings("ignore", "Consolidated metadata")
-                    self._zarr.consolidate_metadata(root.store, path=root.path)
+                self._consolidate(root)
+
+    def consolidate(self) -> None:
+        """Consolidate the store's metadata anew (after writing to a complete store)."""
+        with self.writing("the run store's metadata"):
+            self._consolidate(self.group())
+
+    def _consolidate(self, root) -> None:
+        with warnings.catch_warnings():  # "not part of the Zarr 3 specification"
+            warnings.filterwarnings("ignore", "Consolidated metadata")
+            self._zarr.consolidate_metadata(root.store, path=root.path)
 
     # ---------------------------------------------------------------- pointer
 
