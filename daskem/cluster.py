@@ -10,6 +10,7 @@ import os
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from daskem.config import ClusterConfig, RunConfig
+from daskem.dashboard import install
 from daskem.errors import ConfigError
 from daskem.lease import Lease
 from daskem.progress import Reporter
@@ -75,9 +76,11 @@ def connect(cluster: ClusterConfig | None, reporter: Reporter):
             raise ConnectionError(f"cannot reach the Dask scheduler at {target}: "
                                   f"{type(exc).__name__}: {exc}") from None
         with client, _watch_scheduler(client):
+            page = install(client, reporter)
             reporter.info(f"joined the Dask cluster at {client.scheduler.address}; "
-                          f"dashboard: {client.dashboard_link}",
-                          dashboard=client.dashboard_link)
+                          f"dashboard: {client.dashboard_link}"
+                          + (f"; daskem page: {page}" if page else ""),
+                          dashboard=client.dashboard_link, daskem_page=page)
             yield client
         return
     n_workers = cluster.n_workers or os.cpu_count() or 1
@@ -92,10 +95,13 @@ def connect(cluster: ClusterConfig | None, reporter: Reporter):
             Client(local) as client, _watch_scheduler(client):
         if not reporter.debug:
             client.register_plugin(QuietTaskErrors())
+        page = install(client, reporter) if cluster.dashboard_address else None
         reporter.info(f"started a local Dask cluster: {n_workers} worker process(es) x "
                       f"{cluster.threads_per_worker} thread(s); dashboard: "
-                      f"{client.dashboard_link if cluster.dashboard_address else 'off'}",
-                      dashboard=client.dashboard_link if cluster.dashboard_address else None)
+                      f"{client.dashboard_link if cluster.dashboard_address else 'off'}"
+                      + (f"; daskem page: {page}" if page else ""),
+                      dashboard=client.dashboard_link if cluster.dashboard_address else None,
+                      daskem_page=page)
         yield client
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -23,19 +24,29 @@ class Reporter:
     debug: bool = False  # keep distributed's own logs (workers' task errors among them)
     stream: TextIO = field(default_factory=lambda: sys.stdout)
     started: float = field(default_factory=time.monotonic)
+    # Where else the events go: the daskem page of the Dask dashboard (daskem.dashboard).
+    publish: Callable[[dict], None] | None = None
 
     def info(self, message: str, **fields) -> None:
         if not self.quiet:
             print(message, file=self.stream, flush=True)
         self.event("info", message=message, **fields)
 
-    def event(self, kind: str, **fields) -> None:
+    def event(self, kind: str, /, _detail: dict | None = None, **fields) -> None:
+        """One record: to the JSON-lines stream, and with ``_detail`` (more detail) to the
+        dashboard page."""
+        if self.json_stream is None and self.publish is None:
+            return
+        # Strict JSON: NaN and infinities (no change yet, say) become null.
+        record = finite({"event": kind, "time": round(time.time(), 3), **fields})
         if self.json_stream is not None:
-            record = {"event": kind, "time": round(time.time(), 3), **fields}
-            # Strict JSON: NaN and infinities (no change yet, say) become null.
-            self.json_stream.write(json.dumps(finite(record), default=float,
-                                              allow_nan=False) + "\n")
+            self.json_stream.write(json.dumps(record, default=float, allow_nan=False) + "\n")
             self.json_stream.flush()
+        if self.publish is not None:
+            try:
+                self.publish({**record, **finite(_detail or {})})
+            except Exception:  # noqa: BLE001 - the page is an extra; the job goes on
+                self.publish = None
 
     def iteration(self, n_pass: int, states: list[EMState], kind: str, max_iter: int,
                   passes: dict | None = None) -> None:
@@ -65,9 +76,23 @@ class Reporter:
             restarts = f"  running {running}/{len(states)}" if len(states) > 1 else ""
             print(f"iter {state.n_iter:4d}/{max_iter}  {shown}change {change:.3e}"
                   f"{restarts}{shown_reads}  {elapsed:7.1f} s", file=self.stream, flush=True)
-        self.event("iteration", iteration=state.n_iter, restart=leader, objective=objective,
-                   change=change, running=running, passes=reads,
-                   passes_by_phase=dict(passes or {}), elapsed=round(elapsed, 3))
+        restarts = [{"restart": i, "status": _status(s, max_iter), "n_iter": s.n_iter,
+                     "objective": s.objectives[-1] if s.objectives else None}
+                    for i, s in enumerate(states)]
+        detail = [{**r, "objectives": [float(v) for v in s.objectives]}
+                  for r, s in zip(restarts, states, strict=True)]
+        self.event("iteration", _detail={"restarts": detail}, iteration=state.n_iter,
+                   restart=leader, objective=objective, change=change, running=running,
+                   passes=reads, passes_by_phase=dict(passes or {}),
+                   elapsed=round(elapsed, 3), restarts=restarts)
+
+
+def _status(state: EMState, max_iter: int) -> str:
+    if state.dropped:
+        return "dropped"
+    if state.converged:
+        return "converged"
+    return "max_iter" if state.n_iter >= max_iter else "running"
 
 
 def _leader(states: list[EMState], kind: str) -> int:

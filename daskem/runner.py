@@ -49,7 +49,7 @@ def run_job(config: RunConfig, reporter: Reporter, *, force: bool = False,
     if plan is None:  # complete for this config and data
         return EXIT_OK
     with Lease(plan.config.run.store, plan.config.run.storage_options) as lease, \
-            connect(plan.config.cluster, reporter) as client:
+            connect(plan.config.cluster, reporter) as client, _failure_reported(reporter):
         steps.take_store(plan, lease, client, reporter, stopper)
         source = steps.open_data(plan.config, None if plan.fresh else plan.store, plan.warm)
         steps.report_data(source, reporter)
@@ -63,6 +63,17 @@ def run_job(config: RunConfig, reporter: Reporter, *, force: bool = False,
                   objective=record.objective, passes=int(sum(done["passes"].values())),
                   passes_by_phase=done["passes"])
     return EXIT_OK
+
+
+@contextlib.contextmanager
+def _failure_reported(reporter: Reporter):
+    """A failure reaches the progress consumers (the dashboard page) before the cluster
+    goes away."""
+    try:
+        yield
+    except BaseException as exc:
+        reporter.event("failed", message=f"failed: {type(exc).__name__}: {exc}")
+        raise
 
 
 def resume_note(store_path: str, storage_options: dict | None = None) -> str:

@@ -79,7 +79,12 @@ def fit_selection(config: RunConfig, rows, store: RunStore, reporter: Reporter):
                   f"{settings.get('n_init', 1)} restart(s) each) by {sel.criterion.upper()}")
     reporter.started = time.monotonic()
     passes: dict = {}
-    max_iter = build_estimator(config).max_iter
+    max_iter, n_init = build_estimator(config).max_iter, settings.get("n_init", 1)
+    reporter.event("job", store=config.run.store, kind="select", max_iter=max_iter,
+                   estimator=f"model selection by {sel.criterion.upper()}",
+                   objective="mean log-likelihood (on its own scale per candidate)",
+                   candidates=[f"K={k} {ctype}" + (f" #{r}" if n_init > 1 else "")
+                               for k, ctype in cells for r in range(n_init)])
     selection = select_mixture(
         rows, sel.n_components, sel.covariance_types, criterion=sel.criterion,
         checkpoint=store, passes=passes,
@@ -362,7 +367,10 @@ def fit(plan: Plan, source: Source, reporter: Reporter):
         reporter.info(f"holding fixed the statistics of the {source.first_row:,} rows "
                       f"fitted in {warm.path}")
     kind = config.model.kind
-    reporter.info("fitting " + " ".join(repr(estimator).split()))  # one line
+    described = " ".join(repr(estimator).split())  # one line
+    reporter.info(f"fitting {described}")
+    reporter.event("job", store=config.run.store, kind=kind, estimator=described,
+                   objective=kind_named(kind).objective, max_iter=estimator.max_iter)
     reporter.started = time.monotonic()
     estimator.fit(rows, checkpoint=store, callback=lambda n, states: reporter.iteration(
         n, states, kind, estimator.max_iter, passes=estimator.passes_))

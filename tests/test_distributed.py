@@ -12,6 +12,7 @@ from conftest import make_blobs
 from distributed import Client, LocalCluster, get_task_stream
 
 from daskem import ConvergenceWarning, GaussianMixture, KMeans
+from daskem.engine.reduce import iteration_label
 from daskem.kernels import estep
 
 pytestmark = pytest.mark.distributed
@@ -168,7 +169,7 @@ def test_spans_group_a_fit_by_iteration_and_phase(data):
     assert fit in found
     for i in range(1, 5):
         groups = found[fit + (f"iteration {i}",)]
-        assert any(g.startswith("daskem-estep-it") for g in groups), groups
+        assert any(g.startswith(f"daskem-estep-{iteration_label(i)}") for g in groups), groups
     assert (*fit, "summary") in found
     init = [name for name in found if name[:2] == (*fit, "initialisation")]
     assert (*fit, "initialisation", "init iteration 1") in init

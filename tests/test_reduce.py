@@ -9,7 +9,7 @@ import pytest
 
 import daskem.engine.reduce as reduce_module
 from daskem.engine.data import as_chunked
-from daskem.engine.reduce import tree_keys
+from daskem.engine.reduce import iteration_label, number_words, tree_keys
 
 
 class Ordered:
@@ -65,7 +65,21 @@ def test_large_payload_goes_into_the_graph_once(monkeypatch):
 def test_keys_name_their_phase():
     data = as_chunked(da.from_array(np.ones((40, 2)), chunks=(10, 2)))
     root = reduce_module.map_reduce(data.chunks, None, data.offsets, tag_chunk, 1.0,
-                                    phase="estep", label="it0003", compute=False)
+                                    phase="estep", label=iteration_label(3), compute=False)
     names = {k[0] for k in dict(root.dask) if isinstance(k, tuple)}
-    assert any(n.startswith("daskem-estep-it0003-") for n in names)
-    assert any(n.startswith("daskem-reduce-it0003-") for n in names)
+    assert any(n.startswith("daskem-estep-iteration-three-") for n in names)
+    assert any(n.startswith("daskem-reduce-iteration-three-") for n in names)
+    # The dashboard names a task by its key's words up to the first with a digit: the
+    # iteration is in that name.
+    from dask.utils import key_split
+
+    assert {key_split(n) for n in names if n.startswith("daskem-estep")} == \
+        {"daskem-estep-iteration-three"}
+
+
+def test_number_words():
+    cases = {0: "zero", 7: "seven", 19: "nineteen", 20: "twenty", 42: "forty-two",
+             100: "one-hundred", 127: "one-hundred-twenty-seven", 1000: "one-thousand",
+             20_315: "twenty-thousand-three-hundred-fifteen"}
+    assert {n: number_words(n) for n in cases} == cases
+    assert all(word.isalpha() for n in range(0, 5000, 7) for word in number_words(n).split("-"))

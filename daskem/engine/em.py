@@ -18,7 +18,7 @@ from typing import Protocol
 import numpy as np
 
 from daskem.engine.data import ChunkedData
-from daskem.engine.reduce import DEFAULT_SPLIT_EVERY, span
+from daskem.engine.reduce import DEFAULT_SPLIT_EVERY, iteration_label, span
 from daskem.errors import DataError, FitError
 from daskem.kernels.estep import (
     GaussianKernelParams,
@@ -293,9 +293,11 @@ def run_em(
             return states
         kparams = [families[i].kernel_params(states[i].params, data.dtype) for i in active]
         name = "iteration" if phase == "estep" else f"{phase} iteration"
-        with span(f"{name} {n_pass + 1}"):
+        iteration = max(states[i].n_iter for i in active) + 1  # (as progress lines count)
+        with span(f"{name} {iteration}"):
             stats = evaluate(data, [families[i].kernel for i in active], kparams,
-                             phase=phase, label=f"it{n_pass:04d}", split_every=split_every)
+                             phase=phase, label=iteration_label(iteration),
+                             split_every=split_every)
         for i, kp, st in zip(active, kparams, stats, strict=True):
             states[i] = families[i].update(states[i], st, kp)
         n_pass += 1
@@ -353,13 +355,14 @@ def run_incremental(data: ChunkedData, families: Sequence, states: Sequence[EMSt
         if not active:
             return states
         fresh = [i for i in active if len(states[i].blocks) != len(blocks)]
-        with span(f"{name} {n_pass + 1}"):
+        iteration = max(states[i].n_iter for i in active) + 1
+        with span(f"{name} {iteration}"):
             if fresh:
                 _batch_pass(data, families, states, fresh, blocks, phase=phase,
-                            label=f"it{n_pass:04d}", split_every=split_every)
+                            label=iteration_label(iteration), split_every=split_every)
             else:
                 _sweep(data, families, states, active, blocks, phase=phase,
-                       label=f"it{n_pass:04d}", split_every=split_every)
+                       label=iteration_label(iteration), split_every=split_every)
         n_pass += 1
         if callback is not None:
             callback(n_pass, states)

@@ -11,7 +11,10 @@ results are added left to right inside a node. The result therefore does not dep
 number of workers, on which worker ran a task, or on a task that was retried.
 
 Keys are named ``daskem-<phase>-<label>-<token>`` so the dashboard's task stream and
-progress bars group them by phase (``daskem-estep``, ``daskem-reduce``, ...), and the
+progress bars group them by phase (``daskem-estep``, ``daskem-reduce``, ...); an iteration's
+label spells its number in words (:func:`iteration_label`: ``daskem-estep-iteration-seven``),
+since the dashboard names a task by the words of its key before the first one with a digit,
+so that the task stream's hover and the progress bars say which iteration a task is of. The
 passes of a fit run inside distributed spans (:func:`span`: one per fit, one for the
 initialisation, one per iteration), so the dashboard's Fine Performance Metrics page splits
 the time of a fit by iteration and by phase.
@@ -118,6 +121,30 @@ def tree_keys(keys: Sequence, split_every: int, name: str, graph: dict):
         keys = parents
         level += 1
     return keys[0]
+
+
+_ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen "
+         "fourteen fifteen sixteen seventeen eighteen nineteen").split()
+_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
+
+
+def number_words(n: int) -> str:
+    """``n`` (0 to 999,999) in hyphenated English words: 127 -> one-hundred-twenty-seven."""
+    if n < 20:
+        return _ONES[n]
+    if n < 100:
+        return _TENS[n // 10] + (f"-{_ONES[n % 10]}" if n % 10 else "")
+    if n < 1000:
+        return f"{_ONES[n // 100]}-hundred" + (f"-{number_words(n % 100)}" if n % 100 else "")
+    if n < 1_000_000:
+        return (f"{number_words(n // 1000)}-thousand"
+                + (f"-{number_words(n % 1000)}" if n % 1000 else ""))
+    raise ValueError(f"{n}: too large to spell")
+
+
+def iteration_label(n: int) -> str:
+    """The key label of iteration ``n``'s tasks: ``iteration-seven``."""
+    return f"iteration-{number_words(n)}"
 
 
 def map_reduce(
