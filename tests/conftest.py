@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import dask
 import numpy as np
 import pytest
@@ -82,3 +85,37 @@ def small_store(tmp_path_factory):
     """A 3,000 x 4 Zarr feature store from the synthetic generator."""
     return synthetic_store(tmp_path_factory.mktemp("stores") / "small.zarr", 3000, 4, 3,
                            chunk_rows=700, seed=5)
+
+
+def run_cli(*args, cwd=None, timeout=300, env=None) -> subprocess.CompletedProcess:
+    """The real ``daskem`` command (``python -m daskem ARGS``), its output captured."""
+    return subprocess.run([sys.executable, "-m", "daskem", *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env)
+
+
+def start_cli(*args, cwd=None, **popen) -> subprocess.Popen:
+    """The real ``daskem`` command started in a session of its own (so that a test can
+    signal it and its worker processes together)."""
+    popen = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, **popen}
+    return subprocess.Popen([sys.executable, "-m", "daskem", *map(str, args)], cwd=cwd,
+                            start_new_session=True, **popen)
+
+
+def fitted_parameters(estimator) -> dict:
+    """A fitted estimator's parameters, objective and objective per iteration, named as
+    the model record names them (an attribute renamed or missing fails here)."""
+    from daskem.model import kind_of
+
+    kind = kind_of(estimator)
+    out = {f"{name}_": getattr(estimator, f"{name}_") for name in kind.arrays}
+    out[f"{kind.objective_attr}_"] = getattr(estimator, f"{kind.objective_attr}_")
+    out[kind.history_attr] = np.asarray(getattr(estimator, kind.history_attr))
+    return out
+
+
+def assert_same_parameters(a, b) -> None:
+    """Bit for bit the same fitted parameters (see :func:`fitted_parameters`)."""
+    pa, pb = fitted_parameters(a), fitted_parameters(b)
+    assert list(pa) == list(pb)
+    for name, value in pa.items():
+        np.testing.assert_array_equal(value, pb[name], err_msg=name)

@@ -3,15 +3,13 @@ written, or a documented policy; never a silent wrong model, never a hang."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import warnings
 
 import numpy as np
 import pytest
 import yaml
 import zarr
-from conftest import make_blobs
+from conftest import make_blobs, run_cli
 
 from daskem import (
     ClusterPolicyWarning,
@@ -54,13 +52,11 @@ def test_fewer_distinct_points_than_components(make, what):
 
 
 def test_collinear_features_keep_positive_definite_covariances():
-    rng = np.random.default_rng(2)
     base = make_blobs(1200, 2, 3, seed=2)
     X = np.column_stack([base, base @ [1.0, -2.0]])  # the third column is a combination
     gm = GaussianMixture(3, random_state=0).fit(X)
     assert np.all(np.linalg.eigvalsh(gm.covariances_) > 0)
     assert np.isfinite(gm.score(X))
-    del rng
 
 
 def test_mixture_component_started_far_away_is_reseeded():
@@ -103,8 +99,7 @@ def run_job(tmp_path, data_path, **model):
         "data": {"path": str(data_path)}, "model": {"n_components": 2, **model},
         "cluster": {"n_workers": 1, "dashboard_address": None},
         "run": {"store": str(store)}}))
-    result = subprocess.run([sys.executable, "-m", "daskem", "run", str(config), "-q"],
-                            capture_output=True, text=True, timeout=300)
+    result = run_cli("run", config, "-q")
     lines = [line for line in result.stderr.splitlines()
              if line.startswith("daskem: error:")]
     model_written = RunStore(str(store)).exists() and "model" in zarr.open_group(
@@ -156,7 +151,6 @@ def test_missing_variable_through_daskem_run(tmp_path):
     config.write_text(yaml.safe_dump({
         "data": {"path": str(path), "variable": "features"},
         "run": {"store": str(tmp_path / "r.zarr")}}))
-    result = subprocess.run([sys.executable, "-m", "daskem", "run", str(config)],
-                            capture_output=True, text=True, timeout=120)
+    result = run_cli("run", config, timeout=120)
     assert result.returncode == 2
     assert "data.variable: no array 'features'" in result.stderr and "it has: X" in result.stderr

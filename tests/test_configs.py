@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import run_cli
 
 from daskem.config import ConfigError, RunConfig, load_config
 
@@ -16,15 +15,27 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
 
-def test_the_shipped_configs_exist():
-    names = {p.name for p in CONFIGS}
-    assert {"gmm.yaml", "kmeans.yaml", "gmm_diag.yaml", "smoke.yaml"} <= names
+def test_every_config_the_docs_name_is_shipped():
+    named = set()
+    for doc in [ROOT / "README.md", *sorted((ROOT / "configs").glob("*.yaml"))]:
+        named |= set(re.findall(r"configs/(\w+\.yaml)", doc.read_text()))
+    assert named, "the README names no config"
+    assert named <= {p.name for p in CONFIGS}, named - {p.name for p in CONFIGS}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_shipped_config_loads(path):
+    from daskem.steps import build_estimator
+
     config = load_config(path)
-    assert isinstance(config, RunConfig)
+    # Every model key the file sets reaches the estimator, under the estimator's name.
+    params = build_estimator(config).get_params()
+    renamed = {"n_components": "n_clusters"} if config.model.kind == "kmeans" else {
+        "init": "init_params"}
+    for key in config.model.model_fields_set - {"kind"}:
+        if key == "n_components" and config.select is not None:
+            continue  # select's grid sets it
+        assert params[renamed.get(key, key)] == getattr(config.model, key), key
     header = []
     for line in path.read_text().splitlines():
         if not line.startswith("#"):
@@ -56,8 +67,7 @@ BASE = {"data": {"path": "data/demo.zarr"}, "run": {"store": "runs/x.zarr"}}
 ])
 def test_config_mistakes_name_the_key(tmp_path, change, message):
     raw = {k: dict(v) for k, v in BASE.items()}
-    for section, values in change.items():
-        raw[section] = values if section != "data" else values
+    raw.update(change)
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(write(tmp_path, raw))
 
@@ -85,9 +95,6 @@ def test_result_hash_ignores_cluster_and_output():
     assert a.result_hash() == b.result_hash() != c.result_hash()
 
 
-def run_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "daskem", *args], capture_output=True,
-                          text=True, cwd=cwd, timeout=300)
 
 
 @pytest.mark.parametrize("change,message", [

@@ -27,6 +27,7 @@ CLUSTER = {"n_workers": 2, "threads_per_worker": 1, "dashboard_address": None}
 
 
 def run(*args, timeout=300):
+    """``python ARGS`` (the command, or a pipeline script) from the project's root."""
     return subprocess.run([sys.executable, *args], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT)
 

@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 import yaml
 import zarr
-from conftest import synthetic_store
+from conftest import run_cli, start_cli, synthetic_store
 
-from daskem.runner import load_estimator
+from daskem.model import load_estimator, read_history, read_model
 from daskem.store import RunStore
 
 pytestmark = pytest.mark.distributed
@@ -35,15 +35,8 @@ CLUSTER = {"n_workers": 2, "threads_per_worker": 1, "dashboard_address": None}
 N_ROWS, CHUNK_ROWS = 40_000, 10_000  # four chunks; the last one, X/c/3/0, is damaged
 
 
-def run_cli(*args, cwd=None, timeout=300):
-    return subprocess.run([sys.executable, "-m", "daskem", *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=cwd)
 
 
-def start_cli(*args, cwd=None):
-    return subprocess.Popen([sys.executable, "-m", "daskem", *args], cwd=cwd,
-                            start_new_session=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
 
 
 def write_config(path: Path, data: str, store: str, **sections) -> Path:
@@ -67,12 +60,11 @@ def has_model(store: Path) -> bool:
 
 def assert_same_model(store: Path, reference: Path) -> None:
     a, b = RunStore(str(reference)), RunStore(str(store))
-    ma, mb = a.read_model()[1], b.read_model()[1]
+    ma, mb = read_model(a).arrays, read_model(b).arrays
     assert sorted(ma) == sorted(mb)
     for name in ma:
         np.testing.assert_array_equal(ma[name], mb[name], err_msg=name)
-    np.testing.assert_array_equal(a.read_history()["objective"],
-                                  b.read_history()["objective"])
+    np.testing.assert_array_equal(read_history(a)["objective"], read_history(b)["objective"])
 
 
 def wait_for_step(store: Path, proc, step: int, timeout: float = 240) -> int:
@@ -170,8 +162,8 @@ def test_chunk_changed_after_a_complete_run_is_not_nothing_to_do(tmp_path, data_
     assert chunk.exists()
     forced = run_cli("run", str(config), "-q", "--force")
     assert forced.returncode == 0, forced.stderr
-    means = RunStore(str(store)).read_model()[1]["means"]
-    assert not np.array_equal(means, RunStore(str(reference)).read_model()[1]["means"])
+    means = read_model(RunStore(str(store))).arrays["means"]
+    assert not np.array_equal(means, read_model(RunStore(str(reference))).arrays["means"])
 
 
 # ------------------------------------------------------------------ joined clusters

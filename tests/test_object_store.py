@@ -6,13 +6,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from conftest import run_cli
 
 pytest.importorskip("moto")
 s3fs = pytest.importorskip("s3fs")
@@ -34,12 +33,11 @@ def s3():
         yield server
 
 
-def run_daskem(*args, home: Path, timeout=300):
+def run_daskem(*args, home: Path):
     """The real command, with no AWS credentials in its environment or home directory."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env["HOME"] = str(home)
-    return subprocess.run([sys.executable, "-m", "daskem", *args], capture_output=True,
-                          text=True, timeout=timeout, env=env, cwd=ROOT)
+    return run_cli(*args, env=env, cwd=ROOT)
 
 
 def options_flags(options: dict) -> list[str]:

@@ -10,7 +10,7 @@ import dask.array as da
 import numpy as np
 import pytest
 import zarr
-from conftest import feature_store_module, synthetic_store
+from conftest import assert_same_parameters, feature_store_module, synthetic_store
 
 from daskem import ConvergenceWarning, GaussianMixture, KMeans
 from daskem.engine.data import as_chunked
@@ -50,9 +50,7 @@ def test_reader_fit_equals_dask_fit(zarr_rows, make, sync_scheduler):
         warnings.simplefilter("ignore")
         a = make().fit(zarr_rows)
         b = make().fit(zarr_rows.to_dask())
-    for name in ("means_", "covariances_", "cluster_centers_", "inertia_"):
-        if hasattr(a, name):
-            np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    assert_same_parameters(a, b)
     assert isinstance(a.predict(zarr_rows), da.Array)
 
 

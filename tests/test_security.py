@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import subprocess
-import sys
 
 import psutil
 import pytest
 import yaml
 import zarr
+from conftest import run_cli
 
+from daskem.cluster import connect
 from daskem.config import ClusterConfig, ConfigError, load_config
-from daskem.runner import Reporter, connect
+from daskem.progress import Reporter
 
 pytestmark = pytest.mark.distributed
 
@@ -54,16 +54,14 @@ def test_tls_settings_pass_through(tmp_path, small_store):
         good = tmp_path / "tls.yaml"
         good.write_text(yaml.safe_dump({**base, "cluster": {
             "address": cluster.scheduler_address, "security": files}}))
-        result = subprocess.run([sys.executable, "-m", "daskem", "run", str(good), "-q"],
-                                capture_output=True, text=True, timeout=300)
+        result = run_cli("run", good, "-q")
         assert result.returncode == 0, result.stderr
         assert zarr.open_group(str(tmp_path / "tls.zarr"), mode="r").attrs["status"] == \
             "complete"
         bad = tmp_path / "plain.yaml"  # no certificates for a TLS scheduler
         bad.write_text(yaml.safe_dump({**base, "run": {"store": str(tmp_path / "p.zarr")},
                                        "cluster": {"address": cluster.scheduler_address}}))
-        result = subprocess.run([sys.executable, "-m", "daskem", "run", str(bad), "-q"],
-                                capture_output=True, text=True, timeout=300)
+        result = run_cli("run", bad, "-q")
         assert result.returncode == 2, result.stderr
         assert "give cluster.security" in result.stderr
         wrong = tmp_path / "wrong.yaml"  # certificates of another authority
@@ -74,8 +72,7 @@ def test_tls_settings_pass_through(tmp_path, small_store):
                                          "cluster": {"address": cluster.scheduler_address,
                                                      "security": {
             name: str(tmp_path / f"other_{name}.pem") for name in files}}}))
-        result = subprocess.run([sys.executable, "-m", "daskem", "run", str(wrong), "-q"],
-                                capture_output=True, text=True, timeout=300)
+        result = run_cli("run", wrong, "-q")
         assert result.returncode == 5, result.stderr
         assert "cannot reach the Dask scheduler" in result.stderr
 
@@ -94,8 +91,7 @@ def test_run_store_holds_numbers_and_json_only(tmp_path, small_store):
         "data": {"path": str(small_store)}, "model": {"n_components": 3, "max_iter": 4},
         "cluster": {"n_workers": 1, "dashboard_address": None},
         "run": {"store": str(tmp_path / "r.zarr")}}))
-    result = subprocess.run([sys.executable, "-m", "daskem", "run", str(config), "-q"],
-                            capture_output=True, text=True, timeout=300)
+    result = run_cli("run", config, "-q")
     assert result.returncode == 0, result.stderr
     root = zarr.open_group(str(tmp_path / "r.zarr"), mode="r")
     kinds = set()

@@ -13,14 +13,15 @@ import dask.array as da
 import numpy as np
 import pytest
 import zarr
-from conftest import synthetic_store
+from conftest import run_cli, synthetic_store
 from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
-from test_cli import run_cli, write_config
+from test_cli import write_config
 from test_job_faults import error_line
 
 from daskem import GaussianMixture, KMeans, select_mixture
 from daskem.kernels.stats import unpack_stats
+from daskem.model import load_estimator, read_history, read_model, read_selection, write_model
 from daskem.store import RunStore
 
 pytestmark = pytest.mark.distributed
@@ -49,7 +50,7 @@ def test_select_command_keeps_every_candidate_and_the_choice(select_run, small_s
     with dask.config.set(scheduler="synchronous"):
         ref = select_mixture(x, [1, 2, 3, 4, 5], ["full", "diag"], max_iter=100, tol=1e-5,
                              random_state=4)
-    saved = RunStore(str(store)).read_selection()
+    saved = read_selection(RunStore(str(store)))
     assert saved["criterion"] == "bic" and saved["chosen"] == ref.best_index
     assert len(saved["candidates"]) == 10
     for (arrays, attrs), cand in zip(saved["candidates"], ref.candidates, strict=True):
@@ -61,7 +62,7 @@ def test_select_command_keeps_every_candidate_and_the_choice(select_run, small_s
         assert attrs["n_parameters"] == cand.n_parameters
         assert len(attrs["objectives"]) == attrs["n_iter"]
     # model/ is the chosen candidate; the outputs are its labels
-    kind, arrays, attrs = RunStore(str(store)).read_model()
+    arrays = read_model(RunStore(str(store))).arrays
     chosen_arrays = saved["candidates"][saved["chosen"]][0]
     np.testing.assert_array_equal(arrays["means"], chosen_arrays["means"])
     labels = zarr.open_group(str(store), mode="r")["outputs"]["labels"][...]
@@ -111,14 +112,15 @@ def test_warm_start_equals_passing_the_parameters_by_hand(tmp_path, small_store)
     assert result.returncode == 0, result.stderr
     assert f"warm start from the model in {first}" in result.stdout
 
-    day1 = RunStore(str(first)).read_model()[1]
+    day1 = read_model(RunStore(str(first))).arrays
     prec = np.einsum("kij,klj->kil", day1["precisions_cholesky"], day1["precisions_cholesky"])
     x = da.from_zarr(str(grown), component="X")
     with dask.config.set(scheduler="synchronous"):
         by_hand = GaussianMixture(3, weights_init=day1["weights"], means_init=day1["means"],
                                   precisions_init=prec, tol=1e-6, max_iter=30,
                                   random_state=0).fit(x)
-    _, warm, attrs = RunStore(str(second)).read_model()
+    record = read_model(RunStore(str(second)))
+    warm, attrs = record.arrays, record.attrs
     np.testing.assert_allclose(warm["means"], by_hand.means_, rtol=1e-9)
     np.testing.assert_allclose(warm["covariances"], by_hand.covariances_, rtol=1e-9)
     np.testing.assert_allclose(warm["weights"], by_hand.weights_, rtol=1e-9)
@@ -127,9 +129,9 @@ def test_warm_start_equals_passing_the_parameters_by_hand(tmp_path, small_store)
     # Resuming today's run after yesterday's model changed under it is refused.
     RunStore(str(second)).set_status("running")
     yesterday = RunStore(str(first))
-    kind, arrays, model_attrs = yesterday.read_model()
-    arrays["means"] = arrays["means"] + 0.5
-    yesterday.write_model(kind, arrays, model_attrs, yesterday.read_history())
+    record = read_model(yesterday)
+    record.arrays["means"] = record.arrays["means"] + 0.5
+    write_model(yesterday, record)
     result = run_cli("run", str(cfg2))
     assert result.returncode == 2, result.stderr
     assert "the model it starts from (model.init.from_run) changed" in result.stderr
@@ -144,10 +146,10 @@ def test_warm_start_equals_passing_the_parameters_by_hand(tmp_path, small_store)
                          model={"kind": "kmeans", "init": {"from_run": str(km1)}},
                          run={"store": str(km2)})
     assert run_cli("run", str(kcfg2)).returncode == 0
-    centers = RunStore(str(km1)).read_model()[1]["cluster_centers"]
+    centers = read_model(RunStore(str(km1))).arrays["cluster_centers"]
     with dask.config.set(scheduler="synchronous"):
         ref = KMeans(3, init=centers, n_init=1).fit(x)
-    np.testing.assert_allclose(RunStore(str(km2)).read_model()[1]["cluster_centers"],
+    np.testing.assert_allclose(read_model(RunStore(str(km2))).arrays["cluster_centers"],
                                ref.cluster_centers_, rtol=1e-9)
 
 
@@ -181,7 +183,7 @@ def test_warm_start_on_new_rows_reads_only_them_and_fits_all(tmp_path, small_sto
 
     # One iteration by hand: day 1's stored statistics (raw sums, from their shift) plus
     # the new rows' sums under day 1's model (scipy densities), then the M-step.
-    kind, m1, _ = RunStore(str(first)).read_model()
+    m1 = read_model(RunStore(str(first))).arrays
     ((shift, stored),) = unpack_stats(m1["stats"])
     nk0, s1, packed = stored.nk, stored.s1, stored.s2
     iu, ju = np.triu_indices(4)
@@ -201,13 +203,13 @@ def test_warm_start_on_new_rows_reads_only_them_and_fits_all(tmp_path, small_sto
     means = (sum_x + resp.T @ new) / nk[:, None]
     covs = ((sum_xx + np.einsum("nk,ni,nj->kij", resp, new, new)) / nk[:, None, None]
             - np.einsum("ki,kj->kij", means, means) + 1e-6 * np.eye(4))
-    m2 = RunStore(str(one)).read_model()[1]
+    m2 = read_model(RunStore(str(one))).arrays
     np.testing.assert_allclose(m2["means"], means, rtol=1e-9, atol=1e-10)
     np.testing.assert_allclose(m2["covariances"], covs, rtol=1e-8, atol=1e-10)
     np.testing.assert_allclose(m2["weights"], nk / nk.sum(), rtol=1e-9)
     prec = np.einsum("kij,klj->kil", m1["precisions_cholesky"], m1["precisions_cholesky"])
     # The outputs cover the new rows, in order.
-    est, _ = __import__("daskem.runner").runner.load_estimator(RunStore(str(one)))
+    est, _ = load_estimator(RunStore(str(one)))
     labels = zarr.open_array(str(one), path="outputs/labels", mode="r")[...]
     np.testing.assert_array_equal(labels, est.predict(x[3000:]))
 
@@ -215,7 +217,7 @@ def test_warm_start_on_new_rows_reads_only_them_and_fits_all(tmp_path, small_sto
     # rows keep day 1's responsibilities: an approximation, 5e-4 per sample here), and
     # better than fitting the new rows alone.
     done, _ = day2("done", 200)
-    est_new, _ = __import__("daskem.runner").runner.load_estimator(RunStore(str(done)))
+    est_new, _ = load_estimator(RunStore(str(done)))
     with dask.config.set(scheduler="synchronous"):
         every = GaussianMixture(3, weights_init=m1["weights"], means_init=m1["means"],
                                 precisions_init=prec, max_iter=200, tol=1e-12).fit(x)
@@ -319,7 +321,7 @@ def test_report_of_a_selection_renders_with_all_its_figures(select_run, tmp_path
     assert text.count("data:image/png;base64,") == 5  # self-contained
     assert "src='http" not in text and "<link" not in text
     assert "class='chosen'" in text
-    n_passes = len(RunStore(str(store)).read_history()["seconds"]) - 1
+    n_passes = len(read_history(RunStore(str(store)))["seconds"]) - 1
     assert f"{n_passes} EM passes" in text
     drawn, total = render_in_browser(page)
     assert (drawn, total) == (5, 5)
