@@ -18,6 +18,7 @@ import typer
 from daskem import runner, steps
 from daskem.config import ConfigError, load_config
 from daskem.errors import DataError, FitError, ParameterError, StorageError
+from daskem.io.sessions import close_sessions
 from daskem.lease import LeaseHeld, LeaseLost
 from daskem.model import read_model, read_selection
 from daskem.stopping import JobStopped, Stopper
@@ -76,6 +77,8 @@ def _guard(fn, *, job: dict | None = None, stopper: Stopper | None = None):
         if not isinstance(exc, Exception):
             raise
         _report(exc, rerun)
+    finally:
+        close_sessions()
 
 
 def _stopped(signum: int, note: str) -> None:
@@ -347,16 +350,20 @@ def predict(
 def report(
     run_store: Annotated[str, typer.Argument(help="a run store holding a fitted model",
                                              metavar="RUN_STORE")],
-    out: Annotated[Path | None, typer.Option(help="directory for report.html and its PNGs "
-                                             "(default: <run store>-report)")] = None,
+    out: Annotated[str | None, typer.Option(help="directory or URL for report.html and its "
+                                            "PNGs (default: <run store>-report beside it)")
+                   ] = None,
     sample_rows: Annotated[int, typer.Option(min=100, help="rows of the data to plot")] = 4000,
+    storage_option: StorageOpt = [],  # noqa: B006
 ) -> None:
     """Write a self-contained HTML report of a run: objective per iteration, weights, the
     clusters in 2-D with covariance ellipses, feature means, and BIC/AIC for selections."""
     def job():
         from daskem.report import write_report
 
-        page = write_report(run_store, out, sample_rows=sample_rows)
+        page = write_report(run_store, None if out is None else str(out),
+                            sample_rows=sample_rows,
+                            storage_options=storage_options(storage_option))
         print(f"wrote {page} (and its figures as PNG files beside it)")
         return runner.EXIT_OK
 

@@ -12,6 +12,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 from daskem.config import ClusterConfig, RunConfig
 from daskem.dashboard import install
 from daskem.errors import ConfigError
+from daskem.io.sessions import close_sessions
 from daskem.lease import Lease
 from daskem.progress import Reporter
 
@@ -81,7 +82,10 @@ def connect(cluster: ClusterConfig | None, reporter: Reporter):
                           f"dashboard: {client.dashboard_link}"
                           + (f"; daskem page: {page}" if page else ""),
                           dashboard=client.dashboard_link, daskem_page=page)
-            yield client
+            try:
+                yield client
+            finally:
+                close_sessions()  # this process's; the workers are shared with others
         return
     n_workers = cluster.n_workers or os.cpu_count() or 1
     # One BLAS thread per worker thread, so that workers do not oversubscribe the cores.
@@ -102,7 +106,20 @@ def connect(cluster: ClusterConfig | None, reporter: Reporter):
                       + (f"; daskem page: {page}" if page else ""),
                       dashboard=client.dashboard_link if cluster.dashboard_address else None,
                       daskem_page=page)
-        yield client
+        try:
+            yield client
+        finally:
+            _close_sessions_everywhere(client)
+
+
+def _close_sessions_everywhere(client) -> None:
+    """Close the object-store sessions of the embedded cluster's workers and of this
+    process before the workers stop (left open, each prints "Unclosed client session")."""
+    try:
+        client.run(close_sessions)
+    except Exception:  # noqa: BLE001 - a lost worker has nothing left to close
+        pass
+    close_sessions()
 
 
 def _seen_by_worker(checks: dict) -> dict:

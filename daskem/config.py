@@ -101,7 +101,7 @@ class ModelConfig(_Section):
                 if getattr(self, key) is not None:
                     raise ValueError(f"{key} applies to kind gmm only; remove it for kmeans")
         if isinstance(self.init, FromRun):
-            if self.n_init != 1:
+            if self.n_init not in (None, 1):
                 raise ValueError("a warm start (init.from_run) is one start; set n_init: 1")
             return self
         if self.init is not None and self.init not in allowed:

@@ -25,6 +25,7 @@ import numpy as np
 
 from daskem.engine.em import EMState
 from daskem.errors import RunStoreError
+from daskem.kernels.covariance import covariance
 from daskem.kernels.mstep import GaussianParams, KMeansParams, Reseed
 from daskem.kernels.stats import pack_stats, unpack_stats
 
@@ -133,8 +134,8 @@ def dimension_names(name: str, shape: tuple, covariance_type: str | None = None
                     ) -> tuple[str, ...]:
     """The dimension names an array of the run store is written with."""
     if name in ("covariances", "precisions_cholesky") and len(shape) == 2:
-        return (("feature", "feature_j") if covariance_type == "tied" else
-                ("component", "feature"))
+        shared = covariance_type is not None and covariance(covariance_type).shared
+        return ("feature", "feature_j") if shared else ("component", "feature")
     known = _DIMS.get(name, {}).get(len(shape))
     return known if known else tuple(f"{name}_{i}" for i in range(len(shape)))
 
@@ -375,15 +376,10 @@ def load(path: str, *, storage_options: dict | None = None):
     estimator = record.estimator()
     if record.standardize is None:
         return estimator
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import StandardScaler
+    from daskem.estimators.base import standardized
 
     mean, scale = record.standardize
-    scaler = StandardScaler()
-    scaler.mean_, scaler.scale_, scaler.var_ = mean, scale, scale ** 2
-    scaler.n_features_in_ = len(mean)
-    scaler.n_samples_seen_ = int(record.attrs.get("rows_end") or 0)
-    return Pipeline([("standardize", scaler), ("model", estimator)])
+    return standardized(estimator, mean, scale, int(record.attrs.get("rows_end") or 0))
 
 
 # ------------------------------------------------------------------ selection

@@ -21,11 +21,11 @@ import base64
 import html
 import io
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from daskem.kernels.covariance import covariance
+from daskem.model import ModelKind, ModelRecord, read_model, read_selection
 from daskem.store import RunStore, format_passes, no_run_store
 
 FIGURE_DPI = 110
@@ -45,9 +45,7 @@ class RunSummary:
 
     path: str
     attrs: dict
-    kind: str
-    arrays: dict
-    model: dict
+    record: ModelRecord
     objectives: list[tuple[str, list[float], bool]]  # (label, values, chosen)
     selection: dict | None
     estimator: object  # the fitted KMeans or GaussianMixture
@@ -55,42 +53,44 @@ class RunSummary:
     sample: np.ndarray | None = None
     sample_note: str = ""
 
+    @property
+    def kind(self) -> ModelKind:
+        return self.record.kind
 
-def default_output(store_path: str) -> Path:
-    """``runs/gmm.zarr`` → ``runs/gmm-report``."""
-    path = Path(store_path.rstrip("/"))
-    return path.with_name(path.stem + "-report")
+
+def default_output(store_path: str) -> str:
+    """``runs/gmm.zarr`` → ``runs/gmm-report``, on the run store's filesystem
+    (``s3://bucket/runs/gmm.zarr`` → ``s3://bucket/runs/gmm-report``)."""
+    path = store_path.rstrip("/")
+    head, _, name = path.rpartition("/")
+    stem = name[: -len(".zarr")] if name.endswith(".zarr") else name
+    return f"{head}/{stem}-report" if head or path.startswith("/") else f"{stem}-report"
 
 
 # ------------------------------------------------------------------------ reading
 
 
-def read_run(store_path: str, sample_rows: int = 4000, seed: int = 0) -> RunSummary:
-    store = RunStore(store_path)
+def read_run(store_path: str, sample_rows: int = 4000, seed: int = 0, *,
+             storage_options: dict | None = None) -> RunSummary:
+    store = RunStore(store_path, storage_options)
     if not store.exists():
         raise no_run_store(store_path)
-    kind, arrays, model = store.read_model()
-    selection = store.read_selection()
+    record = read_model(store)
+    selection = read_selection(store)
     objectives = []
     if selection is not None:
         for i, (_, cand) in enumerate(selection["candidates"]):
-            label = f"{cand['n_components']} {cand['covariance_type']}"
+            label = f"K={cand['n_components']} {cand['covariance_type']}"
             objectives.append((label, list(cand["objectives"]), i == selection["chosen"]))
     else:
         states = store.load() or []
-        values = [s.objectives[-1] for s in states if s.objectives]
-        best = (int(np.argmax(values) if kind == "gmm" else np.argmin(values))
-                if values else -1)
+        values = [s.objectives[-1] if s.objectives else np.nan for s in states]
+        best = record.kind.best(values) if np.isfinite(values).any() else -1
         for i, s in enumerate(states):
             objectives.append((f"restart {i}", list(s.objectives), i == best))
-    from daskem.runner import estimator_from_model
-
-    history = store.read_history()
-    estimator = estimator_from_model(kind, arrays, model,
-                                     tuple(history.get("objective", [])))
-    seconds = [float(v) for v in history.get("seconds", [])]
-    summary = RunSummary(store_path, store.attrs, kind, arrays, model, objectives, selection,
-                         estimator, seconds)
+    seconds = [float(v) for v in record.history.get("seconds", [])]
+    summary = RunSummary(store_path, store.attrs, record, objectives, selection,
+                         record.estimator(), seconds)
     summary.sample, summary.sample_note = _read_sample(summary, sample_rows, seed)
     return summary
 
@@ -104,11 +104,9 @@ def _read_sample(run: RunSummary, n_rows: int, seed: int) -> tuple[np.ndarray | 
 
     try:
         config = parse_config(run.attrs["config"], f"{run.path} (stored config)")
-        saved = run.model.get("standardize")
-        standardize = (np.asarray(saved["mean"]), np.asarray(saved["scale"])) if saved else None
         source = open_source(config.data.model_copy(update={"missing": "error",
                                                             "standardize": False}),
-                             standardize=standardize)
+                             standardize=run.record.standardize)
         full = source.full
         picks = np.unique(np.linspace(0, full.numblocks[0] - 1, 8).round().astype(int))
         with dask.config.set(scheduler="threads"):
@@ -148,29 +146,46 @@ def _centers(estimator) -> np.ndarray:
 
 
 def objective_figure(run: RunSummary) -> Figure:
+    name = run.kind.objective
+    others = "candidate" if run.selection is not None else "restart"
+    return Figure("objective", f"{name.capitalize()} per iteration",
+                  f"Every {others}, the chosen one in black; the vertical axis spans the chosen "
+                  f"one (from its second iteration), so lines of {others}s that ended far "
+                  "from it leave the plot. The legend gives each final value.",
+                  _png(draw_objective(run)))
+
+
+def draw_objective(run: RunSummary):
+    """The objective per iteration of every restart or candidate, with a legend entry each;
+    the vertical scale follows the chosen one."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    for label, values, chosen in run.objectives:
+    lines = [(label, np.asarray(v, dtype=np.float64), chosen)
+             for label, v, chosen in run.objectives if len(v)]
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    for i, (label, values, chosen) in enumerate(lines):
         its = np.arange(1, len(values) + 1)
+        text = f"{label}{' (chosen)' if chosen else ''}: {values[-1]:.6g}"
         if chosen:
-            ax.plot(its, values, color="C3", lw=2.2, marker="o", ms=3, label=f"{label} "
-                    "(chosen)", zorder=3)
+            ax.plot(its, values, color="black", lw=2.4, marker="o", ms=3, label=text,
+                    zorder=3)
         else:
-            ax.plot(its, values, color="0.6", lw=0.9, alpha=0.8)
+            ax.plot(its, values, color=plt.cm.tab10(i % 10), lw=1.1, alpha=0.85, label=text)
+    name = run.kind.objective
     ax.set_xlabel("iteration")
-    name = "mean log-likelihood" if run.kind == "gmm" else "inertia"
-    ax.set_ylabel(name)
-    if run.selection is not None and run.kind == "gmm":
-        # Candidates of very different sizes: the first iterations would flatten the rest.
-        finals = [v[-1] for _, v, _ in run.objectives if v]
-        lo, hi = min(finals), max(max(v) for _, v, _ in run.objectives if v)
-        ax.set_ylim(lo - 0.1 * (hi - lo + 1e-12), hi + 0.05 * (hi - lo + 1e-12))
+    ax.set_ylabel(name + (" (mean log-likelihood)" if run.kind.maximize else ""))
+    best = next((values for _, values, chosen in lines if chosen), None)
+    if best is not None:
+        # The scale follows the chosen line (after its first iteration, which can sit far
+        # off): restarts that ended far worse would flatten it into a straight line.
+        shown = best[1:] if len(best) > 2 else best
+        lo, hi = float(shown.min()), float(shown.max())
+        pad = 0.08 * (hi - lo) if hi > lo else max(abs(hi) * 1e-6, 1e-9)
+        ax.set_ylim(lo - pad, hi + pad)
     ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
-    others = "candidates" if run.selection is not None else "restarts"
-    return Figure("objective", f"{name.capitalize()} per iteration",
-                  f"Every {others[:-1]} in grey, the chosen one in red.", _png(fig))
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7,
+              ncol=1 + len(lines) // 16, title=f"final {name}", title_fontsize=7)
+    return fig
 
 
 def weights_figure(run: RunSummary, estimator, labels) -> Figure:
@@ -240,29 +255,42 @@ def projection_figure(run: RunSummary, estimator, labels) -> Figure:
     return Figure("projection", "The clusters in two dimensions", caption, _png(fig))
 
 
+def _features(run: RunSummary, d: int) -> list[str]:
+    return list(run.record.attrs.get("features") or [f"feature_{j}" for j in range(d)])
+
+
 def means_figure(run: RunSummary, estimator) -> Figure:
+    space = " of the standardised features" if run.record.standardize is not None else ""
+    return Figure("means", "Feature means per component",
+                  f"A component's mean of a feature{space} as a standard score among the "
+                  "components' means of that feature (its mean over components subtracted, "
+                  "divided by their standard deviation): colour and number show the same value. "
+                  "The means themselves are in the table below.",
+                  _png(draw_means(run, estimator)))
+
+
+def draw_means(run: RunSummary, estimator):
+    """The heat map of the components' feature means as standard scores, each cell
+    printing the score its colour shows."""
     import matplotlib.pyplot as plt
 
     centers = _centers(estimator)
     k, d = centers.shape
-    features = list(run.model.get("features") or [f"feature_{j}" for j in range(d)])
     spread = centers.std(axis=0)
     z = (centers - centers.mean(axis=0)) / np.where(spread > 0, spread, 1.0)
-    fig, ax = plt.subplots(figsize=(min(1.0 + 0.7 * d, 16), min(1.2 + 0.45 * k, 14)))
+    fig, ax = plt.subplots(figsize=(min(1.6 + 0.7 * d, 16), min(1.2 + 0.45 * k, 14)))
     image = ax.imshow(z, cmap="RdBu_r", aspect="auto", vmin=-2.5, vmax=2.5)
     ax.set_xticks(range(d))
-    ax.set_xticklabels(features, rotation=45, ha="right")
+    ax.set_xticklabels(_features(run, d), rotation=45, ha="right")
     ax.set_yticks(range(k))
     ax.set_yticklabels([f"component {i}" for i in range(k)])
     if k * d <= 400:
         for i in range(k):
             for j in range(d):
-                ax.text(j, i, f"{centers[i, j]:.3g}", ha="center", va="center", fontsize=7)
-    fig.colorbar(image, ax=ax, label="mean, standardized across components")
-    space = " (standardized features)" if run.model.get("standardize") else ""
-    return Figure("means", "Feature means per component",
-                  f"Each cell is a component's mean of a feature{space}; the colour compares "
-                  "components feature by feature.", _png(fig))
+                ax.text(j, i, f"{z[i, j]:+.1f}", ha="center", va="center", fontsize=7,
+                        color="white" if abs(z[i, j]) > 1.6 else "black")
+    fig.colorbar(image, ax=ax, label="standard score among the components")
+    return fig
 
 
 def selection_figure(run: RunSummary) -> Figure:
@@ -325,18 +353,17 @@ def _rows(pairs) -> str:
 
 
 def render_html(run: RunSummary, figures: list[Figure]) -> str:
-    model, attrs = run.model, run.attrs
-    objective = model.get("lower_bound", model.get("inertia"))
-    k = len(_centers_from_arrays(run.arrays))
+    record, attrs = run.record, run.attrs
+    ctype = record.attrs["params"].get("covariance_type")
     facts = [
         ("run store", run.path),
         ("status", attrs.get("status")),
         ("created", attrs.get("created")),
-        ("model", f"{run.kind}, {k} components"
-         + (f", {model['params'].get('covariance_type')} covariances"
-            if run.kind == "gmm" else "")),
-        ("iterations", f"{model.get('n_iter')} (converged: {model.get('converged')})"),
-        ("final " + ("lower bound" if run.kind == "gmm" else "inertia"), f"{objective:.10g}"),
+        ("model", f"{run.kind.name}, {record.n_components} components"
+         + (f", {ctype} covariances" if ctype else "")),
+        ("iterations", f"{record.attrs.get('n_iter')} (converged: "
+                       f"{record.attrs.get('converged')})"),
+        (f"final {run.kind.objective}", f"{record.objective:.10g}"),
         ("fit time", _fit_time(run.seconds)),
         ("reads of the data", _reads(attrs.get("passes"))),
         ("data", (attrs.get("config") or {}).get("data", {}).get("path")),
@@ -366,6 +393,8 @@ def render_html(run: RunSummary, figures: list[Figure]) -> str:
         parts.append(f"<figure id='{fig.name}'><h2>{html.escape(fig.title)}</h2>"
                      f"<img alt='{html.escape(fig.title)}' src='data:image/png;base64,{data}'>"
                      f"<figcaption>{html.escape(fig.caption)}</figcaption></figure>")
+        if fig.name == "means":
+            parts.append(_means_table(run))
     parts.append("</body></html>\n")
     return "\n".join(parts)
 
@@ -388,19 +417,29 @@ def _fit_time(seconds: list[float]) -> str:
     return text + ")"
 
 
-def _centers_from_arrays(arrays: dict) -> np.ndarray:
-    return arrays["means"] if "means" in arrays else arrays["cluster_centers"]
+def _means_table(run: RunSummary) -> str:
+    centers = _centers(run.estimator)
+    space = " (standardised features)" if run.record.standardize is not None else ""
+    head = "<tr><th>component</th>" + "".join(
+        f"<th>{html.escape(str(name))}</th>" for name in _features(run, centers.shape[1]))
+    body = "".join(f"<tr><th>{k}</th>" + "".join(f"<td>{v:.6g}</td>" for v in row) + "</tr>"
+                   for k, row in enumerate(centers))
+    return f"<h3>Feature means per component{space}</h3><table>{head}</tr>{body}</table>"
 
 
-def write_report(store_path: str, out: str | Path | None = None, *,
-                 sample_rows: int = 4000) -> Path:
-    """Write ``report.html`` and its PNGs into ``out`` (default ``<store>-report``)."""
-    run = read_run(store_path, sample_rows)
+def write_report(store_path: str, out: str | None = None, *, sample_rows: int = 4000,
+                 storage_options: dict | None = None) -> str:
+    """Write ``report.html`` and its PNGs into ``out`` (default ``<store>-report`` beside the
+    run store, on its filesystem: a local folder or an object store, with the run store's
+    ``storage_options``). Returns the page's path or URL."""
+    import fsspec
+
+    run = read_run(store_path, sample_rows, storage_options=storage_options)
     figures = make_figures(run)
-    target = Path(out) if out is not None else default_output(store_path)
-    target.mkdir(parents=True, exist_ok=True)
+    target = str(out) if out is not None else default_output(store_path)
+    fs, root = fsspec.core.url_to_fs(target, **(storage_options or {}))
+    fs.makedirs(root, exist_ok=True)
     for fig in figures:
-        (target / f"{fig.name}.png").write_bytes(fig.png)
-    page = target / "report.html"
-    page.write_text(render_html(run, figures))
-    return page
+        fs.pipe_file(f"{root}/{fig.name}.png", fig.png)
+    fs.pipe_file(f"{root}/report.html", render_html(run, figures).encode())
+    return f"{target.rstrip('/')}/report.html"

@@ -368,7 +368,9 @@ def test_disk_full_during_checkpoints_names_the_path_and_resumes(tmp_path, data_
                                                                  reference, small_disk):
     disk = small_disk("disk", "300k")
     store = disk / "run.zarr"
-    config = write_config(tmp_path / "job.yaml", str(data_store), str(store))
+    # Every checkpoint kept, so that they are what fills the disk.
+    config = write_config(tmp_path / "job.yaml", str(data_store), str(store),
+                          run={"store": str(store), "keep_checkpoints": 10_000})
     result = run_cli("run", str(config), "-q")
     assert result.returncode == 4, result.stdout + result.stderr
     line = error_line(result.stderr)

@@ -102,3 +102,15 @@ def test_run_store_on_s3_with_storage_options_only(tmp_path, s3, small_store):
     estimator = daskem.load(url, storage_options=s3.storage_options)
     raw = np.asarray(zarr.open_group(str(small_store), mode="r")["X"][...])
     np.testing.assert_array_equal(estimator.predict(raw), labels)
+
+    # The report goes beside the run store, on S3, reached with the same options; the
+    # data is read through the stored config (a local path here).
+    reported = run_daskem("report", url, *options_flags(s3.storage_options), home=tmp_path)
+    assert reported.returncode == 0, reported.stderr
+    assert f"wrote {s3.url('gmm-report')}/report.html" in reported.stdout
+    page = fs.cat_file(f"{s3.bucket}/gmm-report/report.html").decode()
+    assert "No data sample" not in page and page.count("data:image/png;base64,") == 4
+    assert fs.exists(f"{s3.bucket}/gmm-report/means.png")
+    assert not (tmp_path / "s3:").exists() and not (ROOT / "s3:").exists()
+    # "predict" closes its connections: no aiohttp warnings.
+    assert "Unclosed" not in predicted.stderr + reported.stderr, predicted.stderr

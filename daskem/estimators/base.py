@@ -248,3 +248,16 @@ def start_fit(X, sample_weight, *, n_components: int, what: str, chunk_rows, sam
         summary = summarise(data, int(rng.integers(2**62)), sample_size,
                             split_every=split_every)
     return data, summary
+
+
+def standardized(estimator, mean: np.ndarray, scale: np.ndarray, n_samples: int):
+    """``estimator`` behind a ``StandardScaler`` that holds ``mean`` and ``scale``: a model
+    fitted on standardised features, taking rows as the data source holds them."""
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler()
+    scaler.mean_, scaler.scale_, scaler.var_ = mean, scale, scale ** 2
+    scaler.n_features_in_ = len(mean)
+    scaler.n_samples_seen_ = n_samples
+    return Pipeline([("standardize", scaler), ("model", estimator)])
