@@ -111,11 +111,14 @@ def test_run_xarray_dataset_end_to_end(tmp_path, grid_store):
     cube = np.stack([source[f].values for f in ("f0", "f1", "f2")], axis=-1)
     rows = cube.reshape(-1, 3)
     ok = np.isfinite(rows).all(axis=1)
+    # Labels are integers, as in a plain Zarr output: -1 for the missing cells.
+    assert out.labels.dtype == np.int64, out.labels.dtype
     labels = out.labels.values.reshape(-1)
-    assert np.isnan(labels[~ok]).all()  # missing cells carry the fill value
+    assert (labels[~ok] == -1).all()
     with dask.config.set(scheduler="synchronous"):
         ref = KMeans(3, random_state=1).fit(da.from_array(rows[ok], chunks=(200, 3)))
-    np.testing.assert_array_equal(labels[ok].astype(int), ref.predict(rows[ok]))
+    np.testing.assert_array_equal(labels[ok], ref.predict(rows[ok]))
+    assert "-1" in out.labels.attrs["description"]
 
 
 def test_bad_data_and_changed_config_exit_codes(tmp_path, small_store):

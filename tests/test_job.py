@@ -186,6 +186,10 @@ def test_fit_pipeline_leaves_the_run_store_daskem_run_leaves(tmp_path, small_sto
     assert model["covariances"].dims[0] == "component"
     history = xr.open_zarr(a.path, group="history")
     assert history["objective"].dims == ("iteration",)
+    outputs = xr.open_zarr(a.path, group="outputs")
+    assert outputs["labels"].dims == ("sample",) and outputs["labels"].dtype == np.int64
+    assert outputs["responsibilities"].dims == ("sample", "component")
+    np.testing.assert_array_equal(outputs["labels"].values, ga["outputs"]["labels"][...])
     np.testing.assert_array_equal(history["objective"].values, ra.history["objective"])
     if kind == "select":
         ta, tb = read_selection(a), read_selection(b)

@@ -157,3 +157,26 @@ def test_passes_by_phase_equal_the_reads_at_the_source(sync_scheduler, make):
     assert est.n_passes_ == len(rows.reads) // len(blocks) == sum(est.passes_.values())
     assert est.passes_["summary"] == 1
     assert est.passes_["em"] == (est.max_iter if isinstance(est, GaussianMixture) else est.n_iter_)
+
+
+def test_io_does_not_depend_on_the_job_schema(zarr_rows):
+    """``daskem.io`` opens sources from any object with the data settings' names; importing
+    it loads neither the job config nor pydantic."""
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    code = ("import sys, daskem.io\n"
+            "print(sorted(m for m in ('daskem.config', 'pydantic') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+    from daskem.io.source import open_source
+
+    settings = SimpleNamespace(path=zarr_rows.path, format="auto", variable="X", features=None,
+                               feature_dim=None, sample_dims=None, missing="error",
+                               chunk_rows=None, standardize=False, missing_chunks="error",
+                               storage_options={})
+    source = open_source(settings)
+    np.testing.assert_array_equal(source.full.compute(), zarr_rows.read(0, zarr_rows.shape[0]))

@@ -297,10 +297,15 @@ class CheckedArray:
 def checked_dask(source, grid: ChunkGrid, chunks, *, dtype=None, token: str = ""):
     """``da.from_array`` over ``source`` with ``chunks``: one task per block, and the
     source once in the graph."""
+    return reader_dask(CheckedArray(source, grid, dtype=dtype, token=token), chunks)
+
+
+def reader_dask(arr, chunks):
+    """``da.from_array`` over the array-like ``arr`` (whose reads are checked): one
+    ``daskem-read`` task per block, and ``arr`` once in the graph."""
     import dask.array as da
     from dask.base import tokenize
 
-    arr = CheckedArray(source, grid, dtype=dtype, token=token)
     name = "daskem-read-" + tokenize(arr, chunks)
     return da.from_array(arr, chunks=chunks, name=name, lock=False, asarray=False,
                          meta=np.empty((0,) * arr.ndim, dtype=arr.dtype))

@@ -17,6 +17,13 @@ from daskem.errors import StorageError, storage_errors
 from daskem.io.source import Source
 
 LABEL_FILL = -1
+DESCRIPTIONS = {
+    "labels": f"the most probable component or nearest center; {LABEL_FILL} for rows with "
+              "missing values",
+    "responsibilities": "posterior probability of each component; NaN for rows with missing "
+                        "values",
+    "log_likelihood": "log p(x) under the model; NaN for rows with missing values",
+}
 
 
 def _masked(x: np.ndarray, model, what: str) -> np.ndarray:
@@ -106,10 +113,19 @@ def verify_outputs(target: str, group: str, names: list[str],
 def _write(arrays: dict, source: Source, target: str, group: str,
            storage_options: dict | None) -> None:
     if source.layout is None:
-        writes = [da.to_zarr(arr, target, component=f"{group}/{name}", overwrite=True,
-                             compute=False, storage_options=storage_options or None,
-                             config={"write_empty_chunks": True})
-                  for name, arr in arrays.items()]
+        import zarr
+
+        node = zarr.open_group(target, path=group or None, mode="a",
+                               storage_options=storage_options or None)
+        writes = []
+        for name, arr in arrays.items():
+            out = node.create_array(
+                name, shape=arr.shape, chunks=arr.chunksize, dtype=arr.dtype,
+                fill_value=LABEL_FILL if name == "labels" else np.nan,
+                dimension_names=("sample", "component")[:arr.ndim], overwrite=True,
+                attributes={"description": DESCRIPTIONS[name]},
+                config={"write_empty_chunks": True})
+            writes.append(da.to_zarr(arr, out, compute=False))
         dask.compute(*writes)
         return
     import xarray as xr
@@ -124,8 +140,12 @@ def _write(arrays: dict, source: Source, target: str, group: str,
             variables[name] = (dims + ["component"],
                                arr.reshape(layout.shape + (arr.shape[1],)))
     ds = xr.Dataset(variables, coords={d: layout.coords[d] for d in dims})
+    for name, text in DESCRIPTIONS.items():
+        if name in ds:
+            ds[name].attrs["description"] = text
     ds = ds.chunk({dims[0]: "auto"})
-    # Labels stay integers on disk; readers that decode CF fill values see NaN there.
-    encoding = {"labels": {"_FillValue": LABEL_FILL}} if "labels" in ds else {}
+    # Labels are integers with -1 for missing rows, as in the plain outputs: no CF
+    # ``_FillValue``, which would make readers mask them into NaN floats.
+    encoding = {"labels": {"_FillValue": None}} if "labels" in ds else {}
     ds.to_zarr(target, group=group, mode="w", consolidated=False, encoding=encoding,
                storage_options=storage_options or None, write_empty_chunks=True)

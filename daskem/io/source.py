@@ -1,7 +1,7 @@
 """Opening a feature store as a (n_samples, n_features) dask array.
 
 A config that points at nothing (no store at ``data.path``, no such variable) is a
-:class:`~daskem.config.ConfigError` naming the key; a source whose content cannot be used
+:class:`~daskem.errors.ConfigError` naming the key; a source whose content cannot be used
 (wrong dimensions, object dtype, only missing values) is a :class:`~daskem.errors.DataError`.
 
 Sources: a Zarr array (or an array inside a Zarr group), an xarray dataset stored in Zarr
@@ -21,16 +21,17 @@ listing gives the fingerprint's ``chunks`` digest (key and size of every stored 
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import dask
 import dask.array as da
 import numpy as np
 
-from daskem.config import ConfigError, DataConfig
-from daskem.errors import DataError
+from daskem.errors import ConfigError, DataError
 from daskem.io.checked import (
+    CheckedArray,
     ChunkGrid,
     check_chunks,
     checked_dask,
@@ -38,7 +39,25 @@ from daskem.io.checked import (
     list_chunks,
     open_store,
     read_checked,
+    reader_dask,
 )
+
+
+class DataConfig(Protocol):
+    """The settings a source is opened with: what a job's ``data:`` section holds
+    (:class:`daskem.config.DataConfig` is one); ``io`` depends on these names only."""
+
+    path: str
+    format: str  # "auto" | "zarr" | "xarray" | "npy"
+    variable: str | None
+    features: list[str] | None
+    feature_dim: str | None
+    sample_dims: list[str] | None
+    missing: str  # "error" | "drop"
+    chunk_rows: int | None
+    standardize: bool
+    missing_chunks: str  # "error" | "fill"
+    storage_options: dict[str, Any]
 
 
 class ZarrRows:
@@ -160,6 +179,7 @@ class _Opened:
     layout: GridLayout | None = None
     chunks: list[tuple[str, int]] | None = None  # (key, size) of every stored input chunk
     component: str | None = None  # zarr: the array's path inside the store
+    reader: GridRows | None = None  # xarray: the rows as a row reader
     notes: list[str] = field(default_factory=list)
 
 
@@ -274,10 +294,14 @@ def _xarray_source(cfg: DataConfig) -> _Opened:
     store = _open_store(cfg)
     try:
         # chunks=None: lazily indexed variables (CF decoding kept), read below through
-        # CheckedArray, one task per storage chunk as open_zarr's dask arrays;
+        # CheckedArray by GridRows, one task per block of the leading sample dimension;
         # cache=False: a variable is not kept in memory once read.
         ds = xr.open_dataset(store, engine="zarr", consolidated=False, chunks=None,
                              cache=False)
+        # The variables' attributes as stored (scale_factor, _FillValue, ...): GridRows
+        # reads raw chunks and decodes them as xarray does.
+        raw = xr.open_dataset(store, engine="zarr", consolidated=False, chunks=None,
+                              decode_cf=False)
     except FileNotFoundError:
         raise ConfigError(f"data.path: no Zarr store at {cfg.path}") from None
     except Exception as exc:  # noqa: BLE001
@@ -303,44 +327,47 @@ def _xarray_source(cfg: DataConfig) -> _Opened:
     else:
         raise ConfigError("data.features: name the feature variables (or data.variable with "
                         "data.feature_dim) of the xarray dataset")
+    if cfg.features:
+        names = list(cfg.features)
+        other = list(dict.fromkeys(str(d) for name in names for d in ds[name].dims))
+    else:
+        var = ds[cfg.variable]
+        names = ([str(v) for v in var[cfg.feature_dim].values] if cfg.feature_dim in var.coords
+                 else [f"{cfg.variable}_{j}" for j in range(var.sizes[cfg.feature_dim])])
+        other = [str(d) for d in var.dims if d != cfg.feature_dim]
+    sample_dims = list(cfg.sample_dims) if cfg.sample_dims else other
+    if sorted(sample_dims) != sorted(other):
+        raise ConfigError(f"data.sample_dims: {sample_dims} must list exactly the dimensions "
+                          f"{other} of the features")
     notes: list[str] = []
     stored: list[tuple[str, int]] | None = []
+    columns = []
     for name in inputs:
         try:
             zarr_arr = zarr.open_array(store, path=name, mode="r")
         except Exception as exc:  # noqa: BLE001
             raise DataError(f"data.path: cannot open variable {name!r} of {cfg.path}: "
                             f"{exc}") from None
-        grid = ChunkGrid.of(zarr_arr, cfg.path, label=f"variable {name}",
-                            dims=ds[name].dims)
+        var = ds[name].variable
+        grid = ChunkGrid.of(zarr_arr, cfg.path, label=f"variable {name}", dims=var.dims)
         listed = _stored_chunks(cfg, grid, notes)
         stored = None if listed is None or stored is None else stored + listed
-        ds[name] = _checked_variable(ds[name].variable, grid, zarr_arr.chunks,
-                                     _token(cfg, listed))
-    if cfg.features:
-        arr = ds[cfg.features].to_dataarray("feature")
-        names = list(cfg.features)
-    else:
-        arr = ds[cfg.variable].rename({cfg.feature_dim: "feature"})
-        names = [str(v) for v in arr["feature"].values] if "feature" in arr.coords else [
-            f"{cfg.variable}_{j}" for j in range(arr.sizes["feature"])]
-    other = [str(d) for d in arr.dims if d != "feature"]
-    sample_dims = list(cfg.sample_dims) if cfg.sample_dims else other
-    if sorted(sample_dims) != sorted(other):
-        raise ConfigError(f"data.sample_dims: {sample_dims} must list exactly the dimensions "
-                        f"{other} of the features")
-    arr = arr.transpose(*sample_dims, "feature")
-    shape = tuple(int(arr.sizes[d]) for d in sample_dims)
-    n = int(np.prod(shape))
-    data = arr.data if isinstance(arr.data, da.Array) else da.from_array(arr.data)
-    X = data.reshape(n, len(names))
-    coords = {d: np.asarray(ds[d].values) if d in ds.coords else np.arange(arr.sizes[d])
+        columns.append(GridColumn(_checked_reader(var, grid, _token(cfg, listed)),
+                                  tuple(map(str, var.dims)),
+                                  None if cfg.features else cfg.feature_dim,
+                                  zarr_arr, dict(raw[name].attrs)))
+    shape = tuple(int(ds.sizes[d]) for d in sample_dims)
+    blocks = _blocks(columns, sample_dims[0], shape[0])
+    rows = GridRows(columns, sample_dims, shape, len(names), lead_chunk=blocks[0])
+    X = reader_dask(rows, (tuple(n * rows.inner for n in blocks), (len(names),)))
+    coords = {d: np.asarray(ds[d].values) if d in ds.coords else np.arange(ds.sizes[d])
               for d in sample_dims}
-    return _Opened(X, names, GridLayout(sample_dims, shape, coords), chunks=stored, notes=notes)
+    return _Opened(X, names, GridLayout(sample_dims, shape, coords), chunks=stored, notes=notes,
+                   reader=rows)
 
 
-def _checked_variable(var, grid: ChunkGrid, chunks, token: str):
-    """``var`` (lazily indexed, CF-decoded) as a dask array reading through CheckedArray."""
+def _checked_reader(var, grid: ChunkGrid, token: str) -> CheckedArray:
+    """``var`` (lazily indexed, CF-decoded) read through :class:`CheckedArray`."""
     from xarray.core.indexing import (
         ExplicitlyIndexed,
         ImplicitToExplicitIndexingAdapter,
@@ -350,8 +377,148 @@ def _checked_variable(var, grid: ChunkGrid, chunks, token: str):
     lazy = var._data
     if isinstance(lazy, ExplicitlyIndexed):
         lazy = ImplicitToExplicitIndexingAdapter(lazy, OuterIndexer)
-    data = checked_dask(lazy, grid, tuple(chunks), dtype=var.dtype, token=token)
-    return var.copy(deep=False, data=data)
+    return CheckedArray(lazy, grid, dtype=var.dtype, token=token)
+
+
+def _blocks(columns: list[GridColumn], dim: str, size: int) -> tuple[int, ...]:
+    """Lengths of the blocks along the leading sample dimension ``dim``: cut wherever a
+    storage chunk of any input variable ends, so that a block reads whole chunks."""
+    cuts = {size}
+    for col in columns:
+        if dim in col.dims:
+            step = col.reader.grid.chunks[col.dims.index(dim)]
+            cuts.update(range(step, size, step))
+    edges = [0, *sorted(cuts)]
+    return tuple(b - a for a, b in zip(edges[:-1], edges[1:], strict=True))
+
+
+@dataclass(frozen=True)
+class GridColumn:
+    """One input variable of an xarray source: its reader, its dimensions, and for a
+    variable that holds all the features, the dimension they lie along."""
+
+    reader: CheckedArray  # the decoded variable, each failed read naming its chunk
+    dims: tuple[str, ...]
+    feature_dim: str | None = None
+    array: Any = None  # the zarr array, for the raw reads
+    attrs: dict = field(default_factory=dict)  # its CF attributes as stored
+
+    def decode(self, raw: np.ndarray) -> np.ndarray:
+        """Raw values as xarray decodes them (mask, scale, offset)."""
+        import xarray as xr
+
+        return np.asarray(xr.conventions.decode_cf_variable(
+            "x", xr.Variable(self.dims, raw, self.attrs)).values)
+
+
+class GridRows:
+    """The rows of an xarray dataset's feature variables as one (n_samples, n_features)
+    array-like: a block of rows is read as the matching range of the leading sample
+    dimension of every variable (checked reads, CF-decoded), each put in sample-dimension
+    order and stacked into columns, in one task. Rows are the sample dimensions stacked in
+    ``sample_dims`` order, the first slowest.
+
+    Also a row reader (like :class:`ZarrRows`): ``fit`` given one lets each task read its
+    own block of about 64 MiB, one task per block however finely the store is chunked.
+    ``chunk_rows``: the rows of ``lead_chunk`` steps of the leading dimension (its storage
+    chunk). ``standardize``: an optional (mean, scale) applied to every row :meth:`read`.
+    """
+
+    def __init__(self, columns: list[GridColumn], sample_dims: list[str],
+                 shape: tuple[int, ...], n_features: int, *, lead_chunk: int = 1,
+                 standardize: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        self.columns = columns
+        self.sample_dims = list(sample_dims)
+        self.sample_shape = shape
+        self.inner = int(np.prod(shape[1:], dtype=np.int64))
+        self.shape = (int(np.prod(shape, dtype=np.int64)), n_features)
+        dtype = np.result_type(*(col.reader.dtype for col in columns))
+        self.dtype = np.dtype(np.float64) if dtype.kind in "iub" else dtype
+        self.ndim = 2
+        self.lead_chunk = lead_chunk
+        self.chunk_rows = lead_chunk * self.inner
+        self.standardize = standardize
+
+    def standardized(self, standardize: tuple[np.ndarray, np.ndarray] | None) -> GridRows:
+        """The same rows with ``standardize`` applied by :meth:`read` and :meth:`to_dask`."""
+        return GridRows(self.columns, self.sample_dims, self.sample_shape, self.shape[1],
+                        lead_chunk=self.lead_chunk, standardize=standardize)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` (float, standardised if asked)."""
+        x = self[start:stop]
+        if self.standardize is not None:
+            mean, scale = self.standardize
+            x = ((x - mean) / scale).astype(self.dtype, copy=False)
+        return x
+
+    def to_dask(self) -> da.Array:
+        """The same rows as a lazy dask array, one task per ``chunk_rows`` rows."""
+        n = self.shape[0]
+        x = reader_dask(self.standardized(None),
+                        ((self.chunk_rows,) * (n // self.chunk_rows)
+                         + ((n % self.chunk_rows,) if n % self.chunk_rows else ()),
+                         (self.shape[1],)))
+        if self.standardize is not None:
+            mean, scale = self.standardize
+            x = ((x - mean) / scale).astype(self.dtype)
+        return x
+
+    def __getitem__(self, key) -> np.ndarray:
+        rows, cols = key if isinstance(key, tuple) else (key, slice(None))
+        start, stop, _ = rows.indices(self.shape[0])
+        first, last = start // self.inner, -(-stop // self.inner)
+        block = self._read(first, last)
+        offset = first * self.inner
+        return block[start - offset:stop - offset][:, cols]
+
+    def _read(self, first: int, last: int) -> np.ndarray:
+        """Rows of the leading sample dimension's range [first, last)."""
+        lead = self.sample_dims[0]
+        shape = (last - first, *self.sample_shape[1:])
+        out = np.empty((int(np.prod(shape, dtype=np.int64)), self.shape[1]), dtype=self.dtype)
+        keys = [tuple(slice(first, last) if d == lead else slice(None) for d in col.dims)
+                for col in self.columns]
+        parts = self._read_raw(keys)
+        if parts is None:  # read again, each failure naming its chunk
+            parts = [col.reader[key] for col, key in zip(self.columns, keys, strict=True)]
+        j = 0
+        for col, part in zip(self.columns, parts, strict=True):
+            dims = [d for d in self.sample_dims if d in col.dims]
+            if col.feature_dim is not None:
+                part = np.transpose(part, [col.dims.index(d) for d in (*dims, col.feature_dim)])
+                n = part.shape[-1]
+                out[:, j:j + n] = part.reshape(-1, n)
+            else:
+                part = np.transpose(part, [col.dims.index(d) for d in dims])
+                # A variable without some sample dimensions repeats along them.
+                full = part.reshape([s if d in col.dims else 1
+                                     for d, s in zip(self.sample_dims, shape, strict=True)])
+                n = 1
+                out[:, j] = np.broadcast_to(full, shape).reshape(-1)
+            j += n
+        return out
+
+    def _read_raw(self, keys) -> list[np.ndarray] | None:
+        """Every variable's part in one go: their chunks fetched and decompressed side by
+        side (zarr's per-chunk cost is paid concurrently), then CF-decoded; ``None`` if
+        any read fails."""
+        from zarr.core.sync import sync
+
+        async def fetch():
+            return await asyncio.gather(*(col.array.async_array.getitem(key)
+                                          for col, key in zip(self.columns, keys, strict=True)))
+
+        try:
+            raws = sync(fetch())
+        except Exception:  # noqa: BLE001 - the checked reads say which chunk and why
+            return None
+        return [col.decode(np.asarray(raw)) for col, raw in zip(self.columns, raws, strict=True)]
+
+    def __dask_tokenize__(self):
+        return ("daskem-grid-rows", [col.reader.__dask_tokenize__() for col in self.columns],
+                [(col.dims, col.feature_dim) for col in self.columns], self.sample_dims,
+                self.standardize is not None and [v.tolist() for v in self.standardize])
 
 
 def open_source(cfg: DataConfig, *, standardize: tuple[np.ndarray, np.ndarray] | None = None,
@@ -404,10 +571,13 @@ def open_source(cfg: DataConfig, *, standardize: tuple[np.ndarray, np.ndarray] |
         passes["persist"] = 1
     description = (f"{cfg.path} ({fmt}): {full.shape[0]:,} rows x {full.shape[1]} features, "
                    f"{full.dtype}, {X.numblocks[0]} chunks")
-    rows = None
-    if fmt == "zarr" and cfg.missing == "error" and not persist:
-        rows = ZarrRows(cfg.path, opened.component, cfg.storage_options, standardize,
-                        missing_chunks=cfg.missing_chunks)
+    rows = None  # a row reader: the fit's tasks read their own blocks of rows
+    if cfg.missing == "error" and not persist:
+        if fmt == "zarr":
+            rows = ZarrRows(cfg.path, opened.component, cfg.storage_options, standardize,
+                            missing_chunks=cfg.missing_chunks)
+        elif opened.reader is not None:
+            rows = opened.reader.standardized(standardize)
     return Source(full=full, X=X, rows=rows, features=names, n_dropped=n_dropped,
                   layout=layout,
                   fingerprint=fingerprint, standardize=standardize, description=description,
