@@ -98,5 +98,48 @@ def test_the_source_is_a_row_reader_that_fits_as_its_dask_array_does(mixed):
                         chunk_rows=126).fit(reader.to_dask())
     np.testing.assert_allclose(a.means_, b.means_, rtol=1e-10)
     assert a.n_iter_ == b.n_iter_
-    # Rows with missing values are dropped from a dask array: no row reader then.
-    assert open_source(settings(mixed, features=["a"], missing="drop")).rows is None
+    # Data kept in cluster memory are a dask array: no row reader then.
+    assert open_source(settings(mixed, features=["a"]), persist=True).rows is None
+
+
+@pytest.mark.parametrize("fmt", ["xarray", "zarr"])
+def test_dropping_rows_keeps_a_row_reader(tmp_path, fmt):
+    """``missing: drop``: the complete rows, read by the fit's tasks from whole source
+    blocks, equal the dask array's boolean selection."""
+    import zarr
+
+    from daskem import GaussianMixture
+
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(10, 6, 7, 3))
+    x[rng.random(size=(10, 6, 7)) < 0.3] = np.nan  # whole rows missing
+    x[2, 1, 1, 0] = np.nan  # one value missing
+    x[5:7] = np.nan  # two whole blocks of time with no complete row
+    rows = x.reshape(-1, 3)
+    if fmt == "xarray":
+        path = tmp_path / "grid.zarr"
+        ds = xr.Dataset({f"v{j}": (("time", "lat", "lon"), x[..., j]) for j in range(3)})
+        for j in range(3):
+            ds[f"v{j}"].encoding["chunks"] = (1, 6, 7)
+        ds.to_zarr(path, mode="w", consolidated=False)
+        # (all-NaN chunks are not stored: read as the fill value)
+        cfg = settings(path, features=["v0", "v1", "v2"], missing="drop", missing_chunks="fill")
+    else:
+        path = tmp_path / "rows.zarr"
+        zarr.create_array(str(path), data=rows, chunks=(42, 3))
+        cfg = settings(path, format="zarr", missing="drop")
+    source = open_source(cfg)
+    complete = rows[np.isfinite(rows).all(axis=1)]
+    reader = source.rows
+    assert type(reader).__name__ == "DroppedRows" and reader.shape == complete.shape
+    assert source.n_dropped == len(rows) - len(complete)
+    np.testing.assert_array_equal(source.X.compute(), complete)
+    for a, b in [(0, len(complete)), (5, 40), (31, 33), (len(complete) - 1, len(complete))]:
+        np.testing.assert_array_equal(reader.read(a, b), complete[a:b], err_msg=(a, b))
+    for task_rows in (42, 100, 10_000):
+        blocks = reader.blocks(task_rows)
+        assert blocks[0][0] == 0 and blocks[-1][1] == len(complete)
+        assert all(b0[1] == b1[0] for b0, b1 in zip(blocks[:-1], blocks[1:]))
+    a = GaussianMixture(2, covariance_type="diag", random_state=0, chunk_rows=42).fit(reader)
+    b = GaussianMixture(2, covariance_type="diag", random_state=0).fit(complete)
+    np.testing.assert_allclose(a.means_, b.means_, rtol=1e-10)

@@ -54,7 +54,10 @@ def is_row_reader(X) -> bool:
 
 
 def reader_blocks(reader: RowReader, task_rows: int | None = None) -> list[tuple[int, int]]:
-    """Row ranges of about ``DEFAULT_TASK_BYTES``, in whole storage chunks."""
+    """Row ranges of about ``DEFAULT_TASK_BYTES``, in whole storage chunks (a reader with a
+    ``blocks(task_rows)`` method says where its own are)."""
+    if hasattr(reader, "blocks"):
+        return reader.blocks(task_rows)
     n, d = reader.shape
     step = reader.chunk_rows
     if task_rows is None:

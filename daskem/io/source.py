@@ -121,6 +121,85 @@ class ZarrRows:
         return x
 
 
+    def standardized(self, standardize: tuple[np.ndarray, np.ndarray] | None) -> ZarrRows:
+        """The same rows with ``standardize`` applied by :meth:`read` and :meth:`to_dask`."""
+        return ZarrRows(self.path, self.component, self.storage_options, standardize,
+                        missing_chunks=self.missing_chunks)
+
+
+class DroppedRows:
+    """The rows of another row reader that have no missing value (``missing: drop``) as a
+    row reader: row ``i`` is the ``i``-th complete row of ``rows``.
+
+    ``kept``: the complete rows in each block of ``rows.chunk_rows`` source rows (the drop
+    pass counts them). A task reads whole source blocks and keeps their complete rows, so
+    the fit's tasks still read their own rows, one task per block of about 64 MiB.
+    """
+
+    def __init__(self, rows, kept: np.ndarray) -> None:
+        self.rows = rows
+        self.kept = np.asarray(kept, dtype=np.int64)
+        self.ends = np.cumsum(self.kept)  # complete rows up to the end of each block
+        self.shape = (int(self.ends[-1]) if len(self.ends) else 0, rows.shape[1])
+        self.dtype = rows.dtype
+        self.chunk_rows = rows.chunk_rows
+
+    def standardized(self, standardize) -> DroppedRows:
+        return DroppedRows(self.rows.standardized(standardize), self.kept)
+
+    def blocks(self, task_rows: int | None = None) -> list[tuple[int, int]]:
+        """Ranges of complete rows that begin and end on source block boundaries, each
+        read from about ``task_rows`` source rows (default: about 64 MiB)."""
+        from daskem.engine.data import DEFAULT_TASK_BYTES
+
+        step = self.chunk_rows
+        if task_rows is None:
+            task_rows = DEFAULT_TASK_BYTES // max(self.shape[1] * self.dtype.itemsize, 1)
+        per_task = max(1, task_rows // step)
+        starts = np.concatenate([[0], self.ends])
+        edges = [int(starts[i]) for i in range(0, len(self.kept), per_task)] + [self.shape[0]]
+        return [(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Complete rows ``start:stop``: the source blocks holding them, read and filtered."""
+        if stop <= start:
+            return np.empty((0, self.shape[1]), dtype=self.dtype)
+        first = int(np.searchsorted(self.ends, start, side="right"))
+        last = int(np.searchsorted(self.ends, stop, side="left")) + 1
+        n = self.rows.shape[0]
+        x = self.rows.read(first * self.chunk_rows, min(last * self.chunk_rows, n))
+        x = x[np.isfinite(x).all(axis=1)]
+        offset = int(self.ends[first - 1]) if first else 0
+        return x[start - offset:stop - offset]
+
+    def __getitem__(self, key) -> np.ndarray:
+        rows, cols = key if isinstance(key, tuple) else (key, slice(None))
+        start, stop, _ = rows.indices(self.shape[0])
+        return self.read(start, stop)[:, cols]
+
+    @property
+    def ndim(self) -> int:
+        return 2
+
+    def to_dask(self) -> da.Array:
+        """The complete rows as a lazy dask array, one task per source block."""
+        return reader_dask(self, (tuple(int(k) for k in self.kept), (self.shape[1],)))
+
+    def __dask_tokenize__(self):
+        from dask.base import tokenize
+
+        return ("daskem-dropped-rows", tokenize(self.rows), self.kept.tolist())
+
+
+def _kept_rows(rows) -> np.ndarray:
+    """One pass: the complete rows (no missing value) in each block of ``rows``."""
+    x = rows.to_dask()
+    counts = x.map_blocks(lambda b: np.isfinite(b).all(axis=1).sum(keepdims=True),
+                          drop_axis=1, chunks=((1,) * x.numblocks[0],), dtype=np.int64,
+                          name="daskem-missing")
+    return np.asarray(counts.compute())
+
+
 @dataclass
 class GridLayout:
     """How rows map back onto an xarray dataset's sample dimensions."""
@@ -546,11 +625,18 @@ def open_source(cfg: DataConfig, *, standardize: tuple[np.ndarray, np.ndarray] |
     n_dropped = 0
     notes = list(opened.notes)
     passes: dict = {}
+    # A row reader: the fit's tasks read their own blocks of rows.
+    reader = None if persist else (
+        ZarrRows(cfg.path, opened.component, cfg.storage_options,
+                 missing_chunks=cfg.missing_chunks) if fmt == "zarr" else opened.reader)
     if cfg.missing == "drop":
-        keep = da.isfinite(full).all(axis=1)
-        X = full[keep]
-        X.compute_chunk_sizes()  # one pass: the number of kept rows in each chunk
-        passes["missing"] = 1
+        passes["missing"] = 1  # one pass: the number of kept rows in each chunk
+        if reader is not None:
+            reader = DroppedRows(reader, _kept_rows(reader))
+            X = reader.to_dask()
+        else:
+            X = full[da.isfinite(full).all(axis=1)]
+            X.compute_chunk_sizes()
         n_dropped = int(full.shape[0] - X.shape[0])
         notes.append(f"dropped {n_dropped:,} of {full.shape[0]:,} rows with missing values")
         if X.shape[0] == 0:
@@ -571,13 +657,7 @@ def open_source(cfg: DataConfig, *, standardize: tuple[np.ndarray, np.ndarray] |
         passes["persist"] = 1
     description = (f"{cfg.path} ({fmt}): {full.shape[0]:,} rows x {full.shape[1]} features, "
                    f"{full.dtype}, {X.numblocks[0]} chunks")
-    rows = None  # a row reader: the fit's tasks read their own blocks of rows
-    if cfg.missing == "error" and not persist:
-        if fmt == "zarr":
-            rows = ZarrRows(cfg.path, opened.component, cfg.storage_options, standardize,
-                            missing_chunks=cfg.missing_chunks)
-        elif opened.reader is not None:
-            rows = opened.reader.standardized(standardize)
+    rows = None if reader is None else reader.standardized(standardize)
     return Source(full=full, X=X, rows=rows, features=names, n_dropped=n_dropped,
                   layout=layout,
                   fingerprint=fingerprint, standardize=standardize, description=description,
