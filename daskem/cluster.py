@@ -95,6 +95,10 @@ def connect(cluster: ClusterConfig | None, reporter: Reporter):
     with LocalCluster(n_workers=n_workers, threads_per_worker=cluster.threads_per_worker,
                       processes=True, host=cluster.host,
                       dashboard_address=cluster.dashboard_address,
+                      # Without a dashboard the scheduler still serves its HTTP routes
+                      # (health, metrics), by default on port 8787: any free port instead.
+                      scheduler_kwargs=({} if cluster.dashboard_address else
+                                        {"dashboard_address": f"{cluster.host}:0"}),
                       memory_limit=cluster.memory_limit or "auto", env=env) as local, \
             Client(local) as client, _watch_scheduler(client):
         if not reporter.debug:

@@ -35,6 +35,28 @@ def test_embedded_cluster_listens_on_loopback_only():
         assert ipaddress.ip_address(address).is_loopback, address
 
 
+def test_no_dashboard_takes_no_fixed_port():
+    """``dashboard_address: null``: the scheduler's HTTP routes take a free port, not 8787
+    (two jobs on one machine must not warn about each other)."""
+    import socket
+    import warnings
+
+    with socket.socket() as held:
+        try:
+            held.bind(("127.0.0.1", 8787))
+        except OSError:
+            pass  # something else holds it: the same situation
+        held.listen()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with connect(ClusterConfig(n_workers=1, dashboard_address=None),
+                         Reporter(quiet=True)) as client:
+                port = client.run_on_scheduler(
+                    lambda dask_scheduler: dask_scheduler.http_server.port)
+    assert port != 8787
+    assert not [w for w in caught if "8787" in str(w.message)], [str(w.message) for w in caught]
+
+
 def test_tls_settings_pass_through(tmp_path, small_store):
     from distributed import LocalCluster
     from distributed.security import Security
