@@ -303,22 +303,37 @@ def _as_weights(sample_weight, n_samples: int, row_chunks) -> da.Array:
 
 
 def summarise(data: ChunkedData, random_state, sample_size: int, *,
-              split_every: int = DEFAULT_SPLIT_EVERY) -> Summary:
-    """The one pass every fit starts with; raises :class:`DataError` on bad values."""
+              split_every: int = DEFAULT_SPLIT_EVERY, marginalize: bool = False) -> Summary:
+    """The one pass every fit starts with; raises :class:`DataError` on bad values.
+
+    ``marginalize``: NaN is a missing value (``missing="marginalize"``), only ±inf is bad.
+    """
     (seed,) = spawn_seeds(random_state, 1)
     probability = min(1.0, sample_size / max(data.n_samples, 1))
-    summary = data.map_reduce(summarise_chunk, SampleRequest(seed, probability),
+    summary = data.map_reduce(summarise_chunk, SampleRequest(seed, probability, marginalize),
                               phase="summary", split_every=split_every)
-    check_summary(data, summary)
+    check_summary(data, summary, marginalize)
     return summary
 
 
-def check_summary(data: ChunkedData, summary: Summary) -> None:
+def check_summary(data: ChunkedData, summary: Summary, marginalize: bool = False) -> None:
     if summary.n_nonfinite:
         row = summary.first_nonfinite_row
+        what = "infinite value(s)" if marginalize else "non-finite value(s) (NaN or inf)"
+        hint = ("" if marginalize else " (or fit with missing='marginalize', which treats NaN "
+                "as missing)")
         raise DataError(
-            f"X contains {summary.n_nonfinite} non-finite value(s) (NaN or inf); the first "
-            f"is in row {row} (chunk {data.chunk_of_row(row)}). Remove or impute them first.")
+            f"X contains {summary.n_nonfinite} {what}; the first "
+            f"is in row {row} (chunk {data.chunk_of_row(row)}). Remove or impute them "
+            f"first{hint}.")
+    if summary.n_missing:
+        if summary.n_empty >= summary.n_samples:
+            raise DataError("every row of X is missing all its features")
+        unobserved = np.flatnonzero(summary.n_observed == 0)
+        if unobserved.size:
+            raise DataError(f"X has no observed value in feature(s) "
+                            f"{', '.join(map(str, unobserved[:10]))}: a feature that is "
+                            "always missing cannot be modelled; leave it out")
     if summary.n_bad_weights:
         row = summary.first_bad_weight_row
         raise DataError(

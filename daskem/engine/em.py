@@ -70,6 +70,7 @@ class GaussianFamily:
     tol: float = 1e-3
     hard: bool = False
     fixed_variance: float = 1.0
+    marginalize: bool = False  # NaN is a missing value, marginalised in the E-step
 
     kernel = staticmethod(gaussian_chunk_stats)
 
@@ -78,7 +79,8 @@ class GaussianFamily:
         del dtype
         return GaussianKernelParams.build(
             params.weights, params.means, params.precisions_cholesky, self.covariance_type,
-            hard=self.hard, far_capacity=params.n_components if far else 0)
+            hard=self.hard, far_capacity=params.n_components if far else 0,
+            marginalize=self.marginalize)
 
     @staticmethod
     def stats_shift(kparams: GaussianKernelParams) -> np.ndarray:

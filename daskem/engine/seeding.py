@@ -56,7 +56,7 @@ def kmeans_parallel(data: ChunkedData, summary: Summary, n_clusters: int | Seque
         raise ValueError(f"{len(ks)} cluster counts for {len(seeds)} seeds")
     rngs = [np.random.default_rng(s) for s in seeds]
     p = summary.sample_w / summary.sample_w.sum()
-    centers = [summary.sample_x[[rng.choice(len(p), p=p)]] for rng in rngs]
+    centers = [summary.seed_x[[rng.choice(len(p), p=p)]] for rng in rngs]
     ell = tuple(oversampling * k for k in ks)
     for r in range(n_rounds):
         request = ParallelRound(tuple(centers), tuple(seeds), r, ell)
@@ -66,7 +66,7 @@ def kmeans_parallel(data: ChunkedData, summary: Summary, n_clusters: int | Seque
                                                                  strict=True)]
     for i, (c, k) in enumerate(zip(centers, ks, strict=True)):
         if len(c) < k:  # fewer candidates than clusters: add the sample's rows
-            centers[i] = np.concatenate([c, summary.sample_x])
+            centers[i] = np.concatenate([c, summary.seed_x])
     # Weigh each candidate by the mass of rows nearest to it, then recluster in memory.
     kparams = [KMeansKernelParams.build(c, data.dtype) for c in centers]
     counts = evaluate(data, [kmeans_chunk_stats] * len(centers), kparams, phase="seed",
@@ -82,7 +82,7 @@ def kmeans_parallel(data: ChunkedData, summary: Summary, n_clusters: int | Seque
 def sample_centers(summary: Summary, n_clusters: int, seeds: Sequence[int],
                    method: str) -> list[np.ndarray]:
     """``k-means++`` or ``random`` centers drawn from the summary pass's sample."""
-    x, w = summary.sample_x, summary.sample_w
+    x, w = summary.seed_x, summary.sample_w
     out = []
     for seed in seeds:
         rng = np.random.default_rng(seed)
@@ -131,13 +131,13 @@ def sample_kmeans(summary: Summary, n_clusters: int, seed: int) -> np.ndarray:
     """k-means on the summary sample in memory: k-means++ seeding, then weighted Lloyd."""
     (centers,) = sample_centers(summary, n_clusters, [seed], "k-means++")
     tol = 1e-4 * float(np.mean(summary.variance))
-    return lloyd(summary.sample_x, centers, summary.sample_w, tol=tol)
+    return lloyd(summary.seed_x, centers, summary.sample_w, tol=tol)
 
 
 def _sample_clusters(summary: Summary, centers: np.ndarray,
                      start: MixtureStart) -> GaussianParams:
     """The mixture of the sample's hard clusters around ``centers`` (no pass)."""
-    x = summary.sample_x
+    x = summary.seed_x
     kp = KMeansKernelParams.build(centers, x.dtype, covariance_type=start.covariance_type,
                                   far_capacity=len(centers))
     stats = kmeans_chunk_stats(x, summary.sample_w, 0, kp)
@@ -182,10 +182,10 @@ def choose_on_sample(summary: Summary, families: Sequence, states: Sequence[EMSt
 def _random_mixture(summary: Summary, start: MixtureStart) -> GaussianParams:
     rng = np.random.default_rng(start.seed)
     k, ctype = start.n_components, start.covariance_type
-    resp = rng.uniform(size=(len(summary.sample_x), k))
+    resp = rng.uniform(size=(len(summary.seed_x), k))
     resp /= resp.sum(axis=1, keepdims=True)
     weights, means, cov = gaussian_params_from_resp(
-        summary.sample_x, resp, summary.sample_w, ctype, start.reg_covar,
+        summary.seed_x, resp, summary.sample_w, ctype, start.reg_covar,
         start.fixed_variance)
     return GaussianParams(ctype, weights, means, cov,
                           covariance(ctype).precision_cholesky(cov))

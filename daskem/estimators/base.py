@@ -135,8 +135,9 @@ def _on_dense(func, out_dtype, x, *args):
     return out.astype(out_dtype, copy=False) if out_dtype is not None else out
 
 
-def prepare_rows(X, n_features: int):
-    """``X`` for a per-sample output: an in-memory array or a dask array (rows chunked).
+def prepare_rows(X, n_features: int, allow_nan: bool = False):
+    """``X`` for a per-sample output: an in-memory array or a dask array (rows chunked);
+    ``allow_nan``: NaN is a missing value (``missing="marginalize"``).
 
     Returns ``(array, is_dask)``; a sparse matrix in memory becomes a dask array of
     sparse row-chunks (each made dense in its own task).
@@ -150,8 +151,10 @@ def prepare_rows(X, n_features: int):
     dtype = _check_dtype(arr.dtype, "X")
     if from_memory and not scipy.sparse.issparse(arr):
         arr = np.asarray(arr, dtype=dtype)
-        if not np.all(np.isfinite(arr)):
-            raise DataError("X contains non-finite values (NaN or inf)")
+        finite = np.isfinite(arr)
+        if not (np.all(finite) or allow_nan and np.all(finite | np.isnan(arr))):
+            raise DataError("X contains infinite values" if allow_nan else
+                            "X contains non-finite values (NaN or inf)")
         return arr, False
     if from_memory:
         arr = in_memory_chunks(arr, dtype)
@@ -162,19 +165,23 @@ def prepare_rows(X, n_features: int):
     return arr, True
 
 
-def per_sample(X, n_features: int, func, *args, dtype, n_columns: int | None = None):
+def per_sample(X, n_features: int, func, *args, dtype, n_columns: int | None = None,
+               allow_nan: bool = False):
     """``func(x, *args)`` for every row-chunk: lazy for a dask input, eager for in-memory
     input (sparse input chunk by chunk).
 
-    ``n_columns=None`` means ``func`` returns one value per row. A floating ``dtype``
+    ``n_columns=None`` means ``func`` returns one value per row, ``"same"`` as many
+    columns as ``X``. A floating ``dtype``
     means "the data's": float32 data give float32 results, as in scikit-learn.
     """
-    arr, is_dask = prepare_rows(X, n_features)
+    arr, is_dask = prepare_rows(X, n_features, allow_nan)
     out_dtype = arr.dtype if np.dtype(dtype).kind == "f" else np.dtype(dtype)
     if not is_dask:
         return _on_dense(func, out_dtype, arr, *args)
     func = functools.partial(_on_dense, func, out_dtype)
-    if n_columns is None:
+    if n_columns == "same":
+        out = arr.map_blocks(func, *args, dtype=out_dtype, meta=np.empty((0, 0), out_dtype))
+    elif n_columns is None:
         out = arr.map_blocks(func, *args, dtype=out_dtype, drop_axis=1,
                              meta=np.empty(0, out_dtype))
     else:
@@ -234,8 +241,10 @@ def default_sample_size(n_components: int) -> int:
 
 
 def start_fit(X, sample_weight, *, n_components: int, what: str, chunk_rows, sample_size,
-              rng: np.random.Generator, split_every: int) -> tuple[ChunkedData, Summary]:
-    """Check the data, make the row-chunks and run the summary pass every fit starts with."""
+              rng: np.random.Generator, split_every: int,
+              missing: str = "error") -> tuple[ChunkedData, Summary]:
+    """Check the data, make the row-chunks and run the summary pass every fit starts with
+    (``missing="marginalize"``: NaN is a missing value, not an error)."""
     data = as_chunked(X, sample_weight, chunk_rows=chunk_rows)
     if data.n_samples < n_components:
         raise DataError(f"n_samples={data.n_samples} should be >= {what}={n_components}")
@@ -246,7 +255,7 @@ def start_fit(X, sample_weight, *, n_components: int, what: str, chunk_rows, sam
         sample_size = default_sample_size(n_components)
     with span("summary"):
         summary = summarise(data, int(rng.integers(2**62)), sample_size,
-                            split_every=split_every)
+                            split_every=split_every, marginalize=missing == "marginalize")
     return data, summary
 
 

@@ -31,6 +31,7 @@ from daskem.estimators.base import (
     with_fixed,
 )
 from daskem.kernels.covariance import COVARIANCE_TYPES, covariance, n_parameters
+from daskem.kernels.marginal import conditional_mean
 from daskem.kernels.estep import (
     GaussianKernelParams,
     gaussian_log_prob,
@@ -42,23 +43,32 @@ from daskem.kernels.random import spawn_seeds
 
 INIT_PARAMS = ("kmeans", "k-means||", "k-means++", "random", "random_from_data")
 ASSIGNMENTS = ("soft", "hard")
+MISSING = ("error", "marginalize")
 
 
-def _kernel_params(params: GaussianParams) -> GaussianKernelParams:
+def _kernel_params(params: GaussianParams, marginalize: bool = False) -> GaussianKernelParams:
     return GaussianKernelParams.build(params.weights, params.means, params.precisions_cholesky,
-                                      params.covariance_type)
+                                      params.covariance_type, marginalize=marginalize)
 
 
-def _predict(x, params):
-    return np.argmax(gaussian_log_prob(x, _kernel_params(params)), axis=1)
+def _predict(x, params, marginalize=False):
+    log_prob = gaussian_log_prob(x, _kernel_params(params, marginalize))
+    labels = np.argmax(log_prob, axis=1)
+    if marginalize:
+        labels[np.isnan(log_prob[:, 0])] = -1  # nothing observed
+    return labels
 
 
-def _predict_proba(x, params):
-    return responsibilities(x, _kernel_params(params))[0]
+def _predict_proba(x, params, marginalize=False):
+    return responsibilities(x, _kernel_params(params, marginalize))[0]
 
 
-def _score_samples(x, params):
-    return responsibilities(x, _kernel_params(params))[1]
+def _score_samples(x, params, marginalize=False):
+    return responsibilities(x, _kernel_params(params, marginalize))[1]
+
+
+def _impute(x, params):
+    return conditional_mean(x, _kernel_params(params, True).marginal)
 
 
 class GaussianMixture(DensityMixin, DaskemEstimator):
@@ -109,7 +119,8 @@ default "kmeans"
                  means_init=None, precisions_init=None, random_state=None,
                  assignment="soft", fixed_variance=1.0, sample_size=None,
                  split_every=DEFAULT_SPLIT_EVERY, chunk_rows=None, warm_start=False,
-                 verbose=0, verbose_interval=10, update="batch", n_blocks=DEFAULT_BLOCKS):
+                 verbose=0, verbose_interval=10, update="batch", n_blocks=DEFAULT_BLOCKS,
+                 missing="error"):
         self.n_components = n_components
         self.covariance_type = covariance_type
         self.tol = tol
@@ -131,6 +142,7 @@ default "kmeans"
         self.warm_start = warm_start
         self.verbose = verbose
         self.verbose_interval = verbose_interval
+        self.missing = missing
 
     # ------------------------------------------------------------------ checks
 
@@ -148,6 +160,14 @@ default "kmeans"
         check_float("fixed_variance", self.fixed_variance, 0.0, strict=True)
         check_choice("update", self.update, UPDATES)
         check_int("n_blocks", self.n_blocks, 1)
+        check_choice("missing", self.missing, MISSING)
+        if self._marginalize and self.init_params == "k-means||":
+            raise ParameterError("init_params='k-means||' is not available with "
+                                 "missing='marginalize'; use 'kmeans' (the default)")
+
+    @property
+    def _marginalize(self) -> bool:
+        return self.missing == "marginalize"
 
     def _user_init(self, n_features: int) -> dict:
         k, ctype = self.n_components, self.covariance_type
@@ -193,7 +213,8 @@ default "kmeans"
         data, summary = start_fit(X, sample_weight, n_components=self.n_components,
                                   what="n_components", chunk_rows=self.chunk_rows,
                                   sample_size=self.sample_size, rng=rng,
-                                  split_every=self.split_every)
+                                  split_every=self.split_every, missing=self.missing)
+        self.n_empty_rows_ = summary.n_empty
         user = self._user_init(data.n_features)
         self.passes_ = data.passes  # counted live during the fit (progress reads it)
 
@@ -244,7 +265,8 @@ default "kmeans"
     def _family(self) -> GaussianFamily:
         return GaussianFamily(self.covariance_type, self.reg_covar, self.tol,
                               hard=self.assignment == "hard",
-                              fixed_variance=self.fixed_variance)
+                              fixed_variance=self.fixed_variance,
+                              marginalize=self._marginalize)
 
     def _from_user(self, user: dict, computed: GaussianParams | None) -> GaussianParams:
         ctype = self.covariance_type
@@ -342,18 +364,30 @@ default "kmeans"
 
     def predict(self, X):
         """Most probable component of every row (lazy for a Dask input)."""
-        return per_sample(self._checked(X), self.n_features_in_, _predict, self._params,
-                          dtype=np.int64)
+        return self._per_sample(X, _predict, dtype=np.int64)
 
     def predict_proba(self, X):
         """Responsibilities, shape (n_samples, n_components)."""
-        return per_sample(self._checked(X), self.n_features_in_, _predict_proba, self._params,
-                          dtype=np.float64, n_columns=self.n_components)
+        return self._per_sample(X, _predict_proba, dtype=np.float64,
+                                n_columns=self.n_components)
 
     def score_samples(self, X):
-        """log p(x) of every row under the mixture."""
-        return per_sample(self._checked(X), self.n_features_in_, _score_samples, self._params,
-                          dtype=np.float64)
+        """log p(x) of every row under the mixture (of its observed part, with
+        ``missing="marginalize"``)."""
+        return self._per_sample(X, _score_samples, dtype=np.float64)
+
+    def impute(self, X):
+        """``X`` with every NaN replaced by its conditional expectation under the fitted
+        mixture, Σ_k r_k(x_o) E_k[x_m | x_o] (observed values unchanged; a row with nothing
+        observed gets the mixture's mean). Lazy for a Dask input. Any ``missing`` setting:
+        the model need not have been fitted with missing values."""
+        self._check_fitted("means_")
+        return per_sample(check_input(self, X, reset=False), self.n_features_in_, _impute,
+                          self._params, dtype=np.float64, n_columns="same", allow_nan=True)
+
+    def _per_sample(self, X, func, **kwargs):
+        return per_sample(self._checked(X), self.n_features_in_, func, self._params,
+                          self._marginalize, allow_nan=self._marginalize, **kwargs)
 
     def _checked(self, X):
         """``X`` checked against the fitted model (which must exist)."""
@@ -373,8 +407,8 @@ default "kmeans"
             raise DataError(f"X has {data.n_features} features, but the model was fitted "
                             f"with {self.n_features_in_} features")
         p = self._params
-        (ll,) = evaluate(data, [gaussian_loglik_chunk], [_kernel_params(p)], label="score",
-                         split_every=self.split_every)
+        (ll,) = evaluate(data, [gaussian_loglik_chunk], [_kernel_params(p, self._marginalize)],
+                         label="score", split_every=self.split_every)
         return ll.total, ll.weight_sum, data.n_samples
 
     def score(self, X, y=None, sample_weight=None) -> float:

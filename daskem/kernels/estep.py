@@ -29,7 +29,7 @@ the inertia and the centers' sums come from the exact residuals ``x − c_label`
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import sparse
@@ -42,7 +42,13 @@ from daskem.kernels.covariance import (
     covariance,
     quad_width,
 )
-from daskem.kernels.stats import Stats
+from daskem.kernels.marginal import (
+    MarginalParams,
+    marginal_log_prob,
+    marginal_stats,
+    split_rows,
+)
+from daskem.kernels.stats import FarPoints, Stats
 
 # A block's main buffers hold about this many elements (4 MiB of float64): measured
 # fastest on 2-core machines with 1 MiB L2 (smaller blocks pay NumPy's per-call overhead).
@@ -159,10 +165,13 @@ class GaussianKernelParams:
     weights_t: np.ndarray  # (K, m): W, so that log π_k N_k = W F(x − s)
     hard: bool = False
     far_capacity: int = 0
+    # missing="marginalize": the parameters the E-step of rows with NaN needs (None: NaN
+    # is an error, counted like inf).
+    marginal: MarginalParams | None = None
 
     @classmethod
     def build(cls, weights, means, prec_chol, covariance_type, *, hard=False,
-              far_capacity=0) -> GaussianKernelParams:
+              far_capacity=0, marginalize=False) -> GaussianKernelParams:
         weights = np.asarray(weights, dtype=np.float64)
         means = np.asarray(means, dtype=np.float64)
         prec_chol = np.asarray(prec_chol, dtype=np.float64)
@@ -184,6 +193,8 @@ class GaussianKernelParams:
                 (log_w + log_det - 0.5 * d * LOG_2PI - 0.5 * maha_const)[:, None]])),
             hard=hard,
             far_capacity=far_capacity,
+            marginal=(MarginalParams.build(weights, means, prec_chol, kind) if marginalize
+                      else None),
         )
 
     @property
@@ -251,7 +262,17 @@ def _add_mixture_stats(stats: Stats, resp: np.ndarray, features: np.ndarray, d: 
 
 
 def gaussian_log_prob(x: np.ndarray, p: GaussianKernelParams) -> np.ndarray:
-    """log(π_k N(x | μ_k, Σ_k)) for every row, shape (n_samples, n_components), float64."""
+    """log(π_k N(x | μ_k, Σ_k)) for every row, shape (n_samples, n_components), float64.
+
+    With ``p.marginal``, rows with NaN get the density of their observed part, and rows
+    with nothing observed NaN.
+    """
+    if p.marginal is not None and has_nan(x):
+        missing, complete, partial, empty = split_rows(x)
+        out = np.full((x.shape[0], p.n_components), np.nan)
+        out[complete] = gaussian_log_prob(x[complete], replace(p, marginal=None))
+        out[partial] = marginal_log_prob(x[partial], p.marginal)
+        return out
     n, d = x.shape
     k = p.n_components
     out = np.empty((n, k))
@@ -266,6 +287,8 @@ def gaussian_chunk_stats(x: np.ndarray, w: np.ndarray | None, offset: int,
                          p: GaussianKernelParams) -> Stats:
     """E-step over one chunk and the mixture's statistics, shifted by ``p.shift``: the
     compiled kernel (:func:`~daskem.kernels.compiled.mixture_fused`), or its NumPy twin."""
+    if p.marginal is not None and has_nan(x):
+        return _with_missing(x, w, offset, p, gaussian_chunk_stats, _marginal_kernel(x))
     compiled = _compiled(x)
     if compiled is None:
         return gaussian_chunk_stats_numpy(x, w, offset, p)
@@ -289,6 +312,9 @@ def gaussian_chunk_stats_numpy(x: np.ndarray, w: np.ndarray | None, offset: int,
                                p: GaussianKernelParams) -> Stats:
     """E-step over one chunk and the mixture's statistics, shifted by ``p.shift``: the
     NumPy reference twin of the compiled kernel, in blocks of NumPy operations."""
+    if p.marginal is not None and has_nan(x):
+        return _with_missing(x, w, offset, p, gaussian_chunk_stats_numpy,
+                             marginal_stats)
     n, d = x.shape
     k = p.n_components
     kind = p.kind
@@ -326,6 +352,54 @@ def gaussian_chunk_stats_numpy(x: np.ndarray, w: np.ndarray | None, offset: int,
     return stats
 
 
+def has_nan(x: np.ndarray) -> bool:
+    """Whether ``x`` holds a NaN (a plain sum answers "no" without a mask when it is
+    finite)."""
+    if x.dtype.kind != "f" or x.size == 0:
+        return False
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(x.sum(dtype=np.float64)):
+            return False
+    return bool(np.isnan(x).any())
+
+
+def _with_missing(x: np.ndarray, w: np.ndarray | None, offset: int, p: GaussianKernelParams,
+                  complete_kernel, marginal_kernel) -> Stats:
+    """A chunk with NaN under ``missing="marginalize"``: its complete rows through
+    ``complete_kernel`` (today's path), the rows with a missing value through
+    ``marginal_kernel`` (:func:`~daskem.kernels.marginal.marginal_stats` or its compiled
+    twin); rows with nothing observed are left
+    out. Far points (re-seeding candidates) are complete rows."""
+    _, complete, partial, _ = split_rows(x)
+    plain = replace(p, marginal=None)
+    stats = complete_kernel(np.ascontiguousarray(x[complete]),
+                            None if w is None else np.asarray(w)[complete], 0, plain)
+    far = stats.far
+    stats.far = FarPoints(far.score, complete[far.index].astype(np.int64) + offset, far.x,
+                          far.label, far.weight, far.capacity)
+    kind = p.kind
+    wp = None if w is None else np.asarray(w, dtype=np.float64)[partial]
+    nk, s1, quad_sums, objective, weight_sum = marginal_kernel(
+        x[partial], wp, p.marginal, p.shift, kind.quad, kind.keeps_s2, p.hard)
+    stats.nk += nk
+    stats.s1 += s1
+    if kind.keeps_s2:
+        stats.s2 += kind.s2_from_quad(quad_sums)
+    stats.objective += objective
+    stats.weight_sum += weight_sum
+    stats.n_samples += len(partial)
+    stats.n_nonfinite = int(np.isinf(x).sum())
+    return stats
+
+
+def _marginal_kernel(x: np.ndarray):
+    """The statistics of rows with missing values: compiled for chunks the compiled
+    kernels serve, else the NumPy reference."""
+    compiled = _compiled(x)
+    return marginal_stats if compiled is None else getattr(compiled, "marginal_fused",
+                                                           marginal_stats)
+
+
 @dataclass
 class LogLikelihood:
     """Σ w·log p(x) over some rows (for ``score``, BIC and AIC)."""
@@ -342,6 +416,13 @@ class LogLikelihood:
 def gaussian_loglik_chunk(x: np.ndarray, w: np.ndarray | None, offset: int,
                           p: GaussianKernelParams) -> LogLikelihood:
     lse = _logsumexp_rows(gaussian_log_prob(x, p).T)
+    if p.marginal is not None and has_nan(x):
+        # Rows with nothing observed (NaN here) carry no information: left out.
+        kept = ~np.isnan(lse)
+        w = np.ones(x.shape[0]) if w is None else np.asarray(w, dtype=np.float64)
+        w = np.where(kept, w, 0.0)
+        lse = np.where(kept, lse, 0.0)
+        return LogLikelihood(float(lse @ w), float(w.sum()), int(np.isinf(x).sum()))
     weight = float(x.shape[0]) if w is None else float(np.sum(w))
     total = float(lse.sum()) if w is None else float(lse @ w)
     return LogLikelihood(total, weight, count_nonfinite(x))
