@@ -200,7 +200,8 @@ def test_compiled_marginal_kernel_matches_the_numpy_reference(kind_name, hard, m
         if getattr(ref, name) is not None:
             np.testing.assert_allclose(getattr(got, name), getattr(ref, name), rtol=1e-11)
     assert got.objective == pytest.approx(ref.objective, rel=1e-12)
-    assert (got.weight_sum, got.n_samples) == (ref.weight_sum, ref.n_samples)
+    assert got.weight_sum == pytest.approx(ref.weight_sum, rel=1e-13)
+    assert got.n_samples == ref.n_samples == len(x) - 3
     np.testing.assert_array_equal(got.far.index, ref.far.index)
     # far points are complete rows, named by their global index
     assert not np.isnan(x[got.far.index - 10]).any()

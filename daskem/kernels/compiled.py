@@ -32,6 +32,7 @@ import numpy as np
 BLOCK = 256
 
 _JIT = dict(nogil=True, cache=True, error_model="numpy")
+LOG_2PI = math.log(2.0 * math.pi)
 # log(2⁻⁵³): a mixture term this far below the row's largest does not change its sum.
 NEGLIGIBLE = -36.8
 # k-means may assume no NaN (and ignore the sign of zero): that lets the arg-min over the
@@ -261,6 +262,309 @@ def mixture_fused(x, w, shift, weights_t, quad, hard=False, want_lse=False, bloc
     q = m - d - 1
     return gram[:, -1].copy(), gram[:, q:q + d].copy(), gram[:, :q].copy(), objective, \
         weight_sum, lse
+
+
+@numba.njit(**_JIT)
+def _spd_inverse(a, inv):
+    """``inv`` ← a⁻¹ of a small symmetric positive definite ``a`` (Cholesky); returns
+    log det a (NaN when ``a`` is not positive definite)."""
+    r = a.shape[0]
+    low = np.zeros((r, r))
+    logdet = 0.0
+    for j in range(r):
+        s = a[j, j]
+        for t in range(j):
+            s -= low[j, t] * low[j, t]
+        if not s > 0.0:
+            return np.nan
+        low[j, j] = math.sqrt(s)
+        logdet += 2.0 * math.log(low[j, j])
+        for i in range(j + 1, r):
+            s = a[i, j]
+            for t in range(j):
+                s -= low[i, t] * low[j, t]
+            low[i, j] = s / low[j, j]
+    low_inv = np.zeros((r, r))
+    for c in range(r):
+        for i in range(c, r):
+            s = 1.0 if i == c else 0.0
+            for t in range(c, i):
+                s -= low[i, t] * low_inv[t, c]
+            low_inv[i, c] = s / low[i, i]
+    for i in range(r):
+        for j in range(r):
+            s = 0.0
+            for t in range(max(i, j), r):
+                s += low_inv[t, i] * low_inv[t, j]
+            inv[i, j] = s
+    return logdet
+
+
+@numba.njit(**_JIT)
+def _pattern_factors(prec, log_w, log_det, missing_row, mi, cond, const):
+    """For one missingness pattern (``missing_row``), every component's Λ_mm⁻¹ into
+    ``cond`` and the constant of its log-density into ``const``; returns the number of
+    missing features (their indices in ``mi``)."""
+    k, d = prec.shape[0], prec.shape[1]
+    nm = 0
+    for j in range(d):
+        if missing_row[j]:
+            mi[nm] = j
+            nm += 1
+    lmm = np.empty((nm, nm))
+    inv = np.empty((nm, nm))
+    for c in range(k):
+        for a in range(nm):
+            for b2 in range(nm):
+                lmm[a, b2] = prec[c, mi[a], mi[b2]]
+        ld = _spd_inverse(lmm, inv)
+        for a in range(nm):
+            for b2 in range(nm):
+                cond[c, a, b2] = inv[a, b2]
+        const[c] = log_w[c] + log_det[c] - 0.5 * ld - 0.5 * (d - nm) * LOG_2PI
+    return nm
+
+
+@numba.njit(**_JIT)
+def _marginal(x, w, order, pattern, missing, means, prec, log_w, log_det, shift, hard,
+              block, nk, s1, dense, pattern_mass):
+    n, d = x.shape
+    k = means.shape[0]
+    weighted = w.shape[0] > 0
+    diff = np.empty((k, block, d))
+    prod = np.empty((k, block, d))
+    logp = np.empty((k, block))
+    zr = np.empty((block, d))
+    outer = np.empty((d, d))
+    mi = np.empty(d, dtype=np.int64)
+    cond = np.empty((k, d, d))
+    const = np.empty(k)
+    centred = np.empty((k, d))
+    for c in range(k):
+        for j in range(d):
+            centred[c, j] = means[c, j] - shift[j]
+    objective = 0.0
+    weight_sum = 0.0
+    current = -1
+    nm = 0
+    for start in range(0, n, block):
+        b = min(start + block, n) - start
+        # δ = x − μ on the observed features, 0 on the missing; (Λδ)ᵀ per component (BLAS).
+        for c in range(k):
+            dc = diff[c, :b]
+            for i in range(b):
+                row = order[start + i]
+                for j in range(d):
+                    v = x[row, j]
+                    dc[i, j] = 0.0 if missing[row, j] else v - means[c, j]
+            np.dot(dc, prec[c], prod[c, :b])  # Λ symmetric: rows of (Λδ)ᵀ
+        for i in range(b):
+            row = order[start + i]
+            if pattern[start + i] != current:  # rows come sorted by pattern
+                current = pattern[start + i]
+                nm = _pattern_factors(prec, log_w, log_det, missing[row], mi, cond, const)
+            for c in range(k):
+                maha = 0.0
+                for j in range(d):
+                    maha += diff[c, i, j] * prod[c, i, j]
+                corr = 0.0
+                for a in range(nm):
+                    cv = 0.0
+                    for b2 in range(nm):
+                        cv += cond[c, a, b2] * prod[c, i, mi[b2]]
+                    corr += prod[c, i, mi[a]] * cv
+                    diff[c, i, mi[a]] = -cv  # E[x_m | x_o] − μ_m
+                logp[c, i] = const[c] - 0.5 * (maha - corr)
+        for i in range(b):
+            row = order[start + i]
+            top = -np.inf
+            best = 0
+            for c in range(k):
+                if logp[c, i] > top:
+                    top = logp[c, i]
+                    best = c
+            best_log = top
+            if not np.isfinite(top):
+                top = 0.0
+            total = 0.0
+            for c in range(k):
+                e = logp[c, i] - top
+                e = math.exp(e) if e > NEGLIGIBLE else 0.0
+                logp[c, i] = e
+                total += e
+            row_lse = math.log(total) + top if total > 0.0 else -np.inf
+            wi = w[row] if weighted else 1.0
+            if hard:
+                objective += wi * best_log
+                for c in range(k):
+                    logp[c, i] = 0.0
+                logp[best, i] = wi
+            else:
+                objective += wi * row_lse
+                scale = wi / total if total > 0.0 else 0.0
+                for c in range(k):
+                    logp[c, i] *= scale
+            weight_sum += wi
+            for c in range(k):
+                pattern_mass[pattern[start + i], c] += logp[c, i]
+        for c in range(k):
+            dc = diff[c, :b]
+            mass = 0.0
+            for i in range(b):
+                r = logp[c, i]
+                mass += r
+                for j in range(d):
+                    z = dc[i, j] + centred[c, j]
+                    dc[i, j] = z
+                    zr[i, j] = r * z
+                    s1[c, j] += r * z
+            nk[c] += mass
+            np.dot(zr[:b].T, dc, outer)  # Σ r z zᵀ (BLAS)
+            for a in range(d):
+                for b2 in range(a, d):
+                    dense[c, a, b2] += outer[a, b2]
+    # The conditional covariances, on m × m: Σ r per (pattern, component) times Λ_mm⁻¹.
+    for g in range(pattern_mass.shape[0]):
+        row = order[np.searchsorted(pattern, g)]
+        nm = _pattern_factors(prec, log_w, log_det, missing[row], mi, cond, const)
+        for c in range(k):
+            mass = pattern_mass[g, c]
+            for a in range(nm):
+                for b2 in range(a, nm):
+                    dense[c, mi[a], mi[b2]] += mass * cond[c, a, b2]
+    return objective, weight_sum
+
+
+@numba.njit(**_JIT)
+def _marginal_diagonal(x, w, means, prec, log_w, log_det, shift, hard, nk, s1, squares):
+    """:func:`_marginal` for a diagonal Λ (diag, spherical, fixed), row by row: the
+    conditionals are the component's own mean and variance, nothing to factorise."""
+    n, d = x.shape
+    k = means.shape[0]
+    weighted = w.shape[0] > 0
+    lam = np.empty((k, d))
+    half_log = np.empty((k, d))
+    for c in range(k):
+        for j in range(d):
+            lam[c, j] = prec[c, j, j]
+            half_log[c, j] = 0.5 * math.log(prec[c, j, j])
+    logp = np.empty(k)
+    objective = 0.0
+    weight_sum = 0.0
+    for row in range(n):
+        n_obs = 0
+        for j in range(d):
+            if not math.isnan(x[row, j]):
+                n_obs += 1
+        for c in range(k):
+            acc = log_w[c] + log_det[c] - 0.5 * n_obs * LOG_2PI
+            for j in range(d):
+                v = x[row, j]
+                if math.isnan(v):
+                    acc -= half_log[c, j]  # − ½ log det Λ_mm
+                else:
+                    t = v - means[c, j]
+                    acc -= 0.5 * lam[c, j] * t * t
+            logp[c] = acc
+        top = -np.inf
+        best = 0
+        for c in range(k):
+            if logp[c] > top:
+                top = logp[c]
+                best = c
+        best_log = top
+        if not np.isfinite(top):
+            top = 0.0
+        total = 0.0
+        for c in range(k):
+            e = logp[c] - top
+            e = math.exp(e) if e > NEGLIGIBLE else 0.0
+            logp[c] = e
+            total += e
+        row_lse = math.log(total) + top if total > 0.0 else -np.inf
+        wi = w[row] if weighted else 1.0
+        if hard:
+            objective += wi * best_log
+            for c in range(k):
+                logp[c] = 0.0
+            logp[best] = wi
+        else:
+            objective += wi * row_lse
+            scale = wi / total if total > 0.0 else 0.0
+            for c in range(k):
+                logp[c] *= scale
+        weight_sum += wi
+        for c in range(k):
+            r = logp[c]
+            if r == 0.0:
+                continue
+            nk[c] += r
+            for j in range(d):
+                v = x[row, j]
+                if math.isnan(v):
+                    z = means[c, j] - shift[j]
+                    squares[c, j] += r * (z * z + 1.0 / lam[c, j])
+                else:
+                    z = v - shift[j]
+                    squares[c, j] += r * z * z
+                s1[c, j] += r * z
+    return objective, weight_sum
+
+
+@numba.njit(**_JIT)
+def _scan_missing(x, per_row):
+    n, d = x.shape
+    n_inf = 0
+    for i in range(n):
+        count = 0
+        for j in range(d):
+            v = x[i, j]
+            if math.isnan(v):
+                count += 1
+            elif math.isinf(v):
+                n_inf += 1
+        per_row[i] = count
+    return n_inf
+
+
+def scan_missing(x) -> tuple[np.ndarray, int]:
+    """(NaN count of every row, number of ±inf values) in one pass."""
+    x = np.ascontiguousarray(x)
+    per_row = np.empty(x.shape[0], dtype=np.int64)
+    return per_row, int(_scan_missing(x, per_row))
+
+
+def marginal_fused(x, w, mp, shift, quad, keeps_s2, hard, block=BLOCK):
+    """Compiled twin of :func:`daskem.kernels.marginal.marginal_stats` (same arguments and
+    results). Full and tied: rows grouped by missingness pattern, ``Λ_mm`` factorised once
+    per (pattern, component), a block's products with ``Λ`` and its scatter through BLAS,
+    the log-sum-exp and the statistics in the same pass. Diagonal types: row by row."""
+    from daskem.kernels.covariance import QUAD_OUTER, QUAD_SQUARE
+    from daskem.kernels.marginal import pattern_order
+
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    n, d = x.shape
+    k = mp.means.shape[0]
+    nk, s1 = np.zeros(k), np.zeros((k, d))
+    w = np.empty(0) if w is None else np.ascontiguousarray(w, dtype=np.float64)
+    args = (mp.means, mp.precisions, mp.log_weights, np.ascontiguousarray(mp.log_det),
+            np.ascontiguousarray(shift, dtype=np.float64), bool(hard))
+    if quad == QUAD_OUTER:  # full, tied (both keep s2)
+        missing = np.isnan(x)
+        pattern, order = pattern_order(missing)
+        dense = np.zeros((k, d, d))
+        n_patterns = int(pattern[-1]) + 1 if n else 0
+        objective, weight_sum = _marginal(x, w, order, pattern, missing, *args,
+                                          max(1, min(block, n)), nk, s1, dense,
+                                          np.zeros((n_patterns, k)))
+        iu, ju = np.triu_indices(d)
+        return nk, s1, dense[:, iu, ju], objective, weight_sum
+    squares = np.zeros((k, d))
+    objective, weight_sum = _marginal_diagonal(x, w, *args, nk, s1, squares)
+    quad_sums = None
+    if keeps_s2:
+        quad_sums = squares if quad == QUAD_SQUARE else squares.sum(axis=1)[:, None]
+    return nk, s1, quad_sums, objective, weight_sum
 
 
 _WARM: dict = {}

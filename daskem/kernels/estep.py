@@ -370,7 +370,14 @@ def _with_missing(x: np.ndarray, w: np.ndarray | None, offset: int, p: GaussianK
     ``marginal_kernel`` (:func:`~daskem.kernels.marginal.marginal_stats` or its compiled
     twin); rows with nothing observed are left
     out. Far points (re-seeding candidates) are complete rows."""
-    _, complete, partial, _ = split_rows(x)
+    compiled = _compiled(x) if marginal_kernel is not marginal_stats else None
+    if compiled is None:
+        _, complete, partial, _ = split_rows(x)
+        n_inf = int(np.isinf(x).sum())
+    else:
+        per_row, n_inf = compiled.scan_missing(x)
+        complete = np.flatnonzero(per_row == 0)
+        partial = np.flatnonzero((per_row > 0) & (per_row < x.shape[1]))
     plain = replace(p, marginal=None)
     stats = complete_kernel(np.ascontiguousarray(x[complete]),
                             None if w is None else np.asarray(w)[complete], 0, plain)
@@ -388,7 +395,7 @@ def _with_missing(x: np.ndarray, w: np.ndarray | None, offset: int, p: GaussianK
     stats.objective += objective
     stats.weight_sum += weight_sum
     stats.n_samples += len(partial)
-    stats.n_nonfinite = int(np.isinf(x).sum())
+    stats.n_nonfinite = n_inf
     return stats
 
 
@@ -396,8 +403,7 @@ def _marginal_kernel(x: np.ndarray):
     """The statistics of rows with missing values: compiled for chunks the compiled
     kernels serve, else the NumPy reference."""
     compiled = _compiled(x)
-    return marginal_stats if compiled is None else getattr(compiled, "marginal_fused",
-                                                           marginal_stats)
+    return marginal_stats if compiled is None else compiled.marginal_fused
 
 
 @dataclass

@@ -72,18 +72,32 @@ def split_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
             np.flatnonzero((n_missing > 0) & (n_missing < d)), np.flatnonzero(n_missing == d))
 
 
+def pattern_order(missing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(pattern, order)``: the rows sorted by missingness pattern (``order``, rows ascending
+    within a pattern) and, for each of them, its pattern's number (0, 1, ...; ascending)."""
+    n, d = missing.shape
+    if n == 0:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+    if d <= 62:  # one integer per pattern: a 1-D sort
+        keys = missing.astype(np.int64) @ (np.int64(1) << np.arange(d, dtype=np.int64))
+    else:
+        packed = np.ascontiguousarray(np.packbits(missing, axis=1))
+        keys = packed.view(np.dtype((np.void, packed.shape[1]))).ravel()
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    pattern = np.concatenate([[0], np.cumsum(sorted_keys[1:] != sorted_keys[:-1])])
+    return pattern.astype(np.int64), order.astype(np.int64)
+
+
 def group_patterns(missing: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The rows of each missingness pattern: ``[(missing features, rows), ...]`` in the
-    order of the patterns' bit strings (rows ascending within a pattern)."""
-    if missing.shape[0] == 0:
+    """The rows of each missingness pattern: ``[(missing features, rows), ...]`` (rows
+    ascending within a pattern)."""
+    pattern, order = pattern_order(missing)
+    if not len(order):
         return []
-    keys = np.packbits(missing, axis=1)
-    _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
-    inverse = inverse.ravel()
-    order = np.argsort(inverse, kind="stable")
-    bounds = np.searchsorted(inverse[order], np.arange(len(first) + 1))
-    return [(np.flatnonzero(missing[first[g]]), order[bounds[g]:bounds[g + 1]])
-            for g in range(len(first))]
+    bounds = np.searchsorted(pattern, np.arange(pattern[-1] + 2))
+    return [(np.flatnonzero(missing[order[bounds[g]]]), order[bounds[g]:bounds[g + 1]])
+            for g in range(len(bounds) - 1)]
 
 
 def pattern_factors(mp: MarginalParams, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
