@@ -83,10 +83,11 @@ def naive_em(x, weights, means, covs, kind, n_iter, fixed_variance=1.0):
         elif kind == "tied":
             covs = np.broadcast_to(scatter.sum(0) / nk.sum() + REG * np.eye(d), (k, d, d))
         elif kind == "diag":
-            covs = np.stack([np.diag(np.diag(s) / nj + REG) for s, nj in zip(scatter, nk)])
+            covs = np.stack([np.diag(np.diag(s) / nj + REG)
+                             for s, nj in zip(scatter, nk, strict=True)])
         elif kind == "spherical":
             covs = np.stack([np.eye(d) * (np.trace(s) / (nj * d) + REG)
-                             for s, nj in zip(scatter, nk)])
+                             for s, nj in zip(scatter, nk, strict=True)])
         else:
             covs = np.broadcast_to(np.eye(d) * fixed_variance, (k, d, d))
         covs = np.array(covs)
@@ -328,3 +329,73 @@ def test_policies_and_refusals():
     # a model fitted without missing values still imputes
     gm = GaussianMixture(2, random_state=0).fit(full)
     assert not np.isnan(gm.impute(x)).any()
+
+
+def naive_partial_lloyd(x, centers, n_iter):
+    """Lloyd's algorithm with the partial distance strategy, row by row."""
+    n, d = x.shape
+    for _ in range(n_iter):
+        labels = np.full(n, -1)
+        for i in range(n):
+            o = ~np.isnan(x[i])
+            if o.any():
+                dist = ((x[i, o] - centers[:, o]) ** 2).sum(axis=1) * d / o.sum()
+                labels[i] = int(np.argmin(dist))
+        new = centers.copy()
+        for j in range(len(centers)):
+            rows = x[labels == j]
+            for f in range(d):
+                seen = rows[~np.isnan(rows[:, f]), f]
+                if seen.size:
+                    new[j, f] = seen.mean()
+        centers = new
+    inertia = 0.0
+    for i in range(n):
+        o = ~np.isnan(x[i])
+        if o.any():
+            inertia += (((x[i, o] - centers[:, o]) ** 2).sum(axis=1) * d / o.sum()).min()
+    return centers, inertia
+
+
+@pytest.mark.parametrize("chunks", [None, 97])
+@pytest.mark.parametrize("update", ["batch", "incremental"])
+def test_kmeans_partial_distances_match_naive_lloyd(chunks, update):
+    from daskem import KMeans
+
+    x, full, means, _ = mixture_data(n=800, seed=8)
+    start = full[[10, 20, 30]]
+    ref_centers, ref_inertia = naive_partial_lloyd(x, start, 3)
+    data = x if chunks is None else da.from_array(x, chunks=(chunks, -1))
+    if update == "incremental":
+        # An M-step after every block: compare to batch on a fixed point instead.
+        km = KMeans(3, init=start, max_iter=100, tol=0.0, missing="marginalize",
+                    update="incremental", n_blocks=2, chunk_rows=97).fit(data)
+        batch = KMeans(3, init=start, max_iter=100, tol=0.0, missing="marginalize").fit(x)
+        np.testing.assert_allclose(km.cluster_centers_, batch.cluster_centers_, rtol=1e-8)
+        return
+    km = KMeans(3, init=start, max_iter=3, tol=0.0, missing="marginalize").fit(data)
+    np.testing.assert_allclose(km.cluster_centers_, ref_centers, rtol=1e-10)
+    assert km.inertia_ == pytest.approx(ref_inertia, rel=1e-10)
+    assert km.score(x) == pytest.approx(-ref_inertia, rel=1e-10)
+    labels = np.asarray(km.labels_)
+    assert (labels[:3] == -1).all() and km.n_empty_rows_ >= 3
+    dist = km.transform(x)
+    assert np.isnan(dist[:3]).all()
+    empty = np.isnan(x).all(axis=1)
+    assert (labels[empty] == -1).all() and km.n_empty_rows_ == empty.sum()
+    np.testing.assert_array_equal(labels[~empty], np.argmin(dist[~empty], axis=1))
+    o = ~np.isnan(x[5])
+    expect = np.sqrt(((x[5, o] - km.cluster_centers_[:, o]) ** 2).sum(axis=1) * 4 / o.sum())
+    np.testing.assert_allclose(dist[5], expect, rtol=1e-10)
+
+
+def test_kmeans_without_nan_marginalize_is_todays_fit():
+    from daskem import KMeans
+
+    _, full, _, _ = mixture_data(empty=0)
+    a = KMeans(3, random_state=0, n_init=3).fit(full)
+    b = KMeans(3, random_state=0, n_init=3, missing="marginalize").fit(full)
+    np.testing.assert_array_equal(a.cluster_centers_, b.cluster_centers_)
+    assert (a.inertia_, a.n_iter_) == (b.inertia_, b.n_iter_)
+    with pytest.raises(ParameterError, match="partial_fit"):
+        b.partial_fit(full)

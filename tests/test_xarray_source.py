@@ -139,7 +139,7 @@ def test_dropping_rows_keeps_a_row_reader(tmp_path, fmt):
     for task_rows in (42, 100, 10_000):
         blocks = reader.blocks(task_rows)
         assert blocks[0][0] == 0 and blocks[-1][1] == len(complete)
-        assert all(b0[1] == b1[0] for b0, b1 in zip(blocks[:-1], blocks[1:]))
+        assert all(b0[1] == b1[0] for b0, b1 in zip(blocks[:-1], blocks[1:], strict=True))
     a = GaussianMixture(2, covariance_type="diag", random_state=0, chunk_rows=42).fit(reader)
     b = GaussianMixture(2, covariance_type="diag", random_state=0).fit(complete)
     np.testing.assert_allclose(a.means_, b.means_, rtol=1e-10)

@@ -114,13 +114,15 @@ class KMeansFamily:
     """k-means: Lloyd's algorithm; ``tol`` is absolute (already scaled by the data)."""
 
     tol: float = 0.0
+    marginalize: bool = False  # NaN is a missing value: partial distances
 
     kernel = staticmethod(kmeans_chunk_stats)
 
     def kernel_params(self, params: KMeansParams, dtype, far: bool = True):
         centers = params.cluster_centers
         return KMeansKernelParams.build(centers, dtype,
-                                        far_capacity=len(centers) if far else 0)
+                                        far_capacity=len(centers) if far else 0,
+                                        marginalize=self.marginalize)
 
     @staticmethod
     def stats_shift(kparams: KMeansKernelParams) -> np.ndarray:

@@ -30,7 +30,13 @@ from daskem.estimators.base import (
     start_fit,
     with_fixed,
 )
-from daskem.kernels.estep import KMeansKernelParams, kmeans_labels, squared_distances
+from daskem.kernels.estep import (
+    KMeansKernelParams,
+    has_nan,
+    kmeans_labels,
+    partial_squared_distances,
+    squared_distances,
+)
 from daskem.kernels.mstep import KMeansParams, kmeans_inertia_after, kmeans_labels_stable
 from daskem.kernels.random import spawn_seeds
 
@@ -39,13 +45,17 @@ INITS = ("k-means||", "k-means++", "random")
 # Elkan's per-row bounds, (n_samples × n_clusters) of state kept between passes, do not
 # pay for themselves when a pass is bound by reading the data.
 ALGORITHMS = ("lloyd", "elkan")
+MISSING = ("error", "marginalize")
 
 
-def _labels(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
-    return kmeans_labels(x, KMeansKernelParams.build(centers, x.dtype))
+def _labels(x: np.ndarray, centers: np.ndarray, marginalize: bool = False) -> np.ndarray:
+    return kmeans_labels(x, KMeansKernelParams.build(centers, x.dtype,
+                                                     marginalize=marginalize))
 
 
-def _distances(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
+def _distances(x: np.ndarray, centers: np.ndarray, marginalize: bool = False) -> np.ndarray:
+    if marginalize and has_nan(x):
+        return np.sqrt(partial_squared_distances(x, centers))
     return np.sqrt(squared_distances(x, centers))
 
 
@@ -137,13 +147,24 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin,
 
     For a Dask input, ``labels_`` and every per-sample result are lazy Dask arrays.
     ``inertia_history_`` holds the inertia of the centers each iteration started from.
+
+    missing : {"error", "marginalize"}, default "error"
+        ``"marginalize"``: a NaN is a missing value, handled by the partial distance
+        strategy: a row's squared distance to a center is taken over its observed
+        features and scaled by n_features / n_observed, and each feature of a center is
+        the mean of the observed values of that feature in its cluster. ``predict``,
+        ``transform`` and ``score`` use the same distances. A row with no observed value is
+        left out of the fit and of ``score`` (counted in ``n_empty_rows_``; its label is −1,
+        its distances NaN). Empty clusters move onto complete rows; the fit stops on
+        ``tol`` (the label-stability stop needs complete rows); ``init="k-means||"`` and
+        ``partial_fit`` are not available.
     """
 
     def __init__(self, n_clusters=8, *, init="k-means++", n_init="auto", max_iter=300,
                  tol=1e-4, random_state=None, oversampling_factor=2.0, init_max_rounds=5,
                  sample_size=None, split_every=DEFAULT_SPLIT_EVERY, chunk_rows=None,
                  verbose=0, copy_x=True, algorithm="lloyd",
-                 update="batch", n_blocks=DEFAULT_BLOCKS):
+                 update="batch", n_blocks=DEFAULT_BLOCKS, missing="error"):
         self.n_clusters = n_clusters
         self.init = init
         self.n_init = n_init
@@ -160,11 +181,16 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin,
         self.verbose = verbose
         self.copy_x = copy_x
         self.algorithm = algorithm
+        self.missing = missing
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.sparse = True
         return tags
+
+    @property
+    def _marginalize(self) -> bool:
+        return self.missing == "marginalize"
 
     @property
     def _n_features_out(self) -> int:
@@ -181,6 +207,10 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin,
         check_choice("update", self.update, UPDATES)
         check_int("n_blocks", self.n_blocks, 1)
         check_choice("algorithm", self.algorithm, ALGORITHMS)
+        check_choice("missing", self.missing, MISSING)
+        if self._marginalize and isinstance(self.init, str) and self.init == "k-means||":
+            raise ParameterError("init='k-means||' is not available with "
+                                 "missing='marginalize'; use 'k-means++' (the default)")
         is_array = not isinstance(self.init, str) and not callable(self.init)
         if isinstance(self.init, str):
             check_choice("init", self.init, INITS)
@@ -208,8 +238,10 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin,
         data, summary = start_fit(X, sample_weight, n_components=self.n_clusters,
                                   what="n_clusters", chunk_rows=self.chunk_rows,
                                   sample_size=self.sample_size, rng=rng,
-                                  split_every=self.split_every)
-        family = with_fixed(self, KMeansFamily(self.tol * float(np.mean(summary.variance))))
+                                  split_every=self.split_every, missing=self.missing)
+        self.n_empty_rows_ = summary.n_empty
+        family = with_fixed(self, KMeansFamily(self.tol * float(np.mean(summary.variance)),
+                                               self._marginalize))
         self.passes_ = data.passes  # counted live during the fit (progress reads it)
         n_models = 1 if not isinstance(self.init, str) and not callable(self.init) else n_init
 
@@ -307,6 +339,8 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin,
         before its step; ``n_steps_`` counts the batches.
         """
         n_init = self._check_params()
+        if self._marginalize:
+            raise ParameterError("partial_fit is not available with missing='marginalize'")
         fitted = hasattr(self, "cluster_centers_")
         X = check_input(self, X, reset=not fitted, sparse=True)
         data = batch_rows(self, X, sample_weight, self.n_features_in_ if fitted else None)
@@ -361,14 +395,15 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin,
 
     def _predict(self, X):
         return per_sample(X, self.n_features_in_, _labels, self.cluster_centers_,
-                          dtype=np.int64)
+                          self._marginalize, dtype=np.int64, allow_nan=self._marginalize)
 
     def transform(self, X):
         """Euclidean distance of every row to every center, (n_samples, n_clusters)."""
         self._check_fitted("cluster_centers_")
         X = check_input(self, X, reset=False, sparse=True)
         return per_sample(X, self.n_features_in_, _distances, self.cluster_centers_,
-                          dtype=np.float64, n_columns=self.n_clusters)
+                          self._marginalize, dtype=np.float64, n_columns=self.n_clusters,
+                          allow_nan=self._marginalize)
 
     def fit_transform(self, X, y=None, sample_weight=None):
         return self.fit(X, sample_weight=sample_weight).transform(X)
@@ -381,7 +416,8 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin,
         if data.n_features != self.n_features_in_:
             raise ParameterError(f"X has {data.n_features} features, but the model was "
                                  f"fitted with {self.n_features_in_} features")
-        params = KMeansKernelParams.build(self.cluster_centers_, data.dtype)
+        params = KMeansKernelParams.build(self.cluster_centers_, data.dtype,
+                                          marginalize=self._marginalize)
         (stats,) = evaluate(data, [KMeansFamily.kernel], [params], label="score",
                             split_every=self.split_every)
         return -float(stats.objective)

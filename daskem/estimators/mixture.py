@@ -31,13 +31,13 @@ from daskem.estimators.base import (
     with_fixed,
 )
 from daskem.kernels.covariance import COVARIANCE_TYPES, covariance, n_parameters
-from daskem.kernels.marginal import conditional_mean
 from daskem.kernels.estep import (
     GaussianKernelParams,
     gaussian_log_prob,
     gaussian_loglik_chunk,
     responsibilities,
 )
+from daskem.kernels.marginal import conditional_mean
 from daskem.kernels.mstep import GaussianParams
 from daskem.kernels.random import spawn_seeds
 

@@ -457,9 +457,13 @@ class KMeansKernelParams:
     scorer: np.ndarray  # (d + 1, K): [−2 (c − s)ᵀ; ‖c − s‖²]
     covariance_type: str | None = None
     far_capacity: int = 0
+    # missing="marginalize": rows with NaN are assigned by partial distances (None: NaN
+    # is an error, counted like inf)
+    marginalize: bool = False
 
     @classmethod
-    def build(cls, centers, dtype, covariance_type=None, far_capacity=0) -> KMeansKernelParams:
+    def build(cls, centers, dtype, covariance_type=None, far_capacity=0,
+              marginalize=False) -> KMeansKernelParams:
         centers = np.asarray(centers, dtype=np.float64)
         shift = centers.mean(axis=0).astype(dtype)
         shifted = centers.astype(dtype).astype(np.float64) - shift
@@ -470,6 +474,7 @@ class KMeansKernelParams:
             scorer=np.ascontiguousarray(scorer.astype(dtype)),
             covariance_type=covariance_type,
             far_capacity=far_capacity,
+            marginalize=marginalize,
         )
 
     @property
@@ -517,7 +522,72 @@ def _label_margin(scores: np.ndarray, dist_sq: np.ndarray, augmented: np.ndarray
     return float(margin.min())
 
 
+def partial_squared_distances(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """The partial distance strategy: ‖x_o − c_o‖² over each row's observed features,
+    scaled by n_features / n_observed, (n_samples, n_clusters) float64; NaN for a row with
+    nothing observed. Equal to :func:`squared_distances` on complete rows."""
+    x = np.asarray(x, dtype=np.float64)
+    centers = np.asarray(centers, dtype=np.float64)
+    observed = ~np.isnan(x)
+    shift = centers.mean(axis=0)
+    xs = np.where(observed, x - shift, 0.0)
+    cs = centers - shift
+    out = xs @ cs.T
+    out *= -2.0
+    out += np.einsum("ij,ij->i", xs, xs)[:, None]
+    out += observed.astype(np.float64) @ (cs * cs).T
+    np.maximum(out, 0.0, out=out)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out *= (x.shape[1] / observed.sum(axis=1))[:, None]
+    out[~observed.any(axis=1)] = np.nan
+    return out
+
+
+def kmeans_partial_labels(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """Nearest center by partial distances; −1 for a row with nothing observed."""
+    dist = partial_squared_distances(x, centers)
+    labels = np.argmin(np.where(np.isnan(dist), np.inf, dist), axis=1)
+    labels[np.isnan(dist[:, 0])] = -1
+    return labels
+
+
+def _kmeans_with_missing(x: np.ndarray, w: np.ndarray | None, offset: int,
+                         p: KMeansKernelParams, complete_kernel) -> Stats:
+    """A chunk with NaN under ``missing="marginalize"``: complete rows through
+    ``complete_kernel``, the others assigned by partial distances, their observed values
+    counted per feature (``Stats.counts``); rows with nothing observed left out. The
+    label-stability margin is 0 (no proof that labels stay: the fit stops on ``tol``)."""
+    _, complete, partial, _ = split_rows(x)
+    plain = replace(p, marginalize=False)
+    stats = complete_kernel(np.ascontiguousarray(x[complete]),
+                            None if w is None else np.asarray(w)[complete], 0, plain)
+    far = stats.far
+    stats.far = FarPoints(far.score, complete[far.index].astype(np.int64) + offset, far.x,
+                          far.label, far.weight, far.capacity)
+    xp = np.asarray(x[partial], dtype=np.float64)
+    wp = np.ones(len(partial)) if w is None else np.asarray(w, dtype=np.float64)[partial]
+    centers = p.centers.astype(np.float64)
+    dist = partial_squared_distances(xp, centers)
+    labels = np.argmin(dist, axis=1)
+    observed = ~np.isnan(xp)
+    resid = np.where(observed, xp - centers[labels], 0.0)
+    onehot_t = _onehot_t(labels, p.n_clusters, wp, np.float64)
+    counts = stats.feature_counts + onehot_t @ observed.astype(np.float64)
+    stats.nk += np.bincount(labels, weights=wp, minlength=p.n_clusters)
+    stats.s1 += np.asarray(onehot_t @ resid)
+    stats.counts = counts
+    stats.objective += float(dist[np.arange(len(partial)), labels] @ wp)
+    stats.weight_sum += float(wp.sum())
+    stats.n_samples += len(partial)
+    stats.n_nonfinite = int(np.isinf(x).sum())
+    if len(partial):
+        stats.margin = 0.0
+    return stats
+
+
 def kmeans_labels(x: np.ndarray, p: KMeansKernelParams) -> np.ndarray:
+    if p.marginalize and has_nan(x):
+        return kmeans_partial_labels(x, p.centers)
     n, d = x.shape
     out = np.empty(n, dtype=np.int64)
     rows, ws = _kmeans_workspace(n, d, p.n_clusters, p.centers.dtype)
@@ -559,6 +629,8 @@ def kmeans_chunk_stats(x: np.ndarray, w: np.ndarray | None, offset: int,
     kernel (:func:`~daskem.kernels.compiled.kmeans_fused`), or its NumPy twin (which also
     serves ``p.covariance_type``, a mixture's statistics of the hard clusters: one pass
     when a mixture starts)."""
+    if p.marginalize and has_nan(x):
+        return _kmeans_with_missing(x, w, offset, p, kmeans_chunk_stats)
     compiled = _compiled(x)
     if compiled is None or p.covariance_type is not None:
         return kmeans_chunk_stats_numpy(x, w, offset, p)
@@ -585,6 +657,8 @@ def kmeans_chunk_stats_numpy(x: np.ndarray, w: np.ndarray | None, offset: int,
     ``p.covariance_type``, a mixture's statistics of the hard clusters instead, shifted
     by ``p.shift`` as in :func:`gaussian_chunk_stats`.
     """
+    if p.marginalize and has_nan(x):
+        return _kmeans_with_missing(x, w, offset, p, kmeans_chunk_stats_numpy)
     n, d = x.shape
     k = p.n_clusters
     kind = None if p.covariance_type is None else covariance(p.covariance_type)

@@ -63,6 +63,8 @@ def kmeans_m_step(stats: Stats, shift: np.ndarray) -> tuple[np.ndarray, list[Res
     """New centers from k-means statistics shifted by ``shift`` (the old centers)."""
     nk = stats.nk.copy()
     s1 = stats.s1.copy()
+    # With missing values, each feature of a center is the mean of its observed values.
+    counts = stats.feature_counts.copy()
     centers = np.asarray(shift, dtype=np.float64).copy()
     events = []
     empty = np.flatnonzero(nk <= 0.0)
@@ -71,16 +73,18 @@ def kmeans_m_step(stats: Stats, shift: np.ndarray) -> tuple[np.ndarray, list[Res
         for j, i in zip(empty, range(len(far.score)), strict=False):
             old = far.label[i]
             wi = far.weight[i]
-            # The row leaves its old cluster (shifted statistics of that cluster)...
+            # The row (a complete one) leaves its old cluster (shifted statistics)...
             s1[old] -= wi * (far.x[i] - centers[old])
             nk[old] -= wi
+            counts[old] -= wi
             # ...and becomes the whole of the empty one.
             centers[j] = far.x[i]
             s1[j] = 0.0
             nk[j] = wi
+            counts[j] = wi
             events.append(Reseed(int(j), int(far.index[i]), "empty cluster"))
-    nonempty = nk > 0.0
-    centers[nonempty] += s1[nonempty] / nk[nonempty, None]
+    seen = (counts > 0.0) & (nk > 0.0)[:, None]
+    centers[seen] += s1[seen] / counts[seen]
     return centers, events
 
 

@@ -128,6 +128,16 @@ class Stats:
     # distance to the nearest). If no center then moves by more than half of it, no label
     # changes (see kmeans_labels_stable); +inf for mixtures and no rows.
     margin: float = np.inf
+    # k-means with missing values: Σ w per cluster and feature over the observed values
+    # (None: every value observed, each row counted in every feature: ``nk``).
+    counts: np.ndarray | None = None
+
+    @property
+    def feature_counts(self) -> np.ndarray:
+        """Σ w per component and feature, (K, d)."""
+        if self.counts is not None:
+            return self.counts
+        return np.broadcast_to(self.nk[:, None], self.s1.shape)
 
     @classmethod
     def zeros(cls, n_components: int, n_features: int, s2_shape: tuple | None,
@@ -154,6 +164,8 @@ class Stats:
             n_nonfinite=self.n_nonfinite + other.n_nonfinite,
             far=self.far.merge(other.far),
             margin=min(self.margin, other.margin),
+            counts=(None if self.counts is None and other.counts is None
+                    else self.feature_counts + other.feature_counts),
         )
 
 
@@ -183,10 +195,10 @@ def reshift(stats: Stats, old: np.ndarray, new: np.ndarray) -> Stats:
             iu, ju = np.triu_indices(d)
             s2 = (s2 + stats.s1[:, iu] * delta[:, ju] + delta[:, iu] * stats.s1[:, ju]
                   + nk[:, None] * delta[:, iu] * delta[:, ju])
-    return Stats(nk=nk, s1=stats.s1 + nk[:, None] * delta, s2=s2,
+    return Stats(nk=nk, s1=stats.s1 + stats.feature_counts * delta, s2=s2,
                  objective=stats.objective, weight_sum=stats.weight_sum,
                  n_samples=stats.n_samples, n_nonfinite=stats.n_nonfinite, far=stats.far,
-                 margin=stats.margin)
+                 margin=stats.margin, counts=stats.counts)
 
 
 def pack_stats(items) -> np.ndarray:
@@ -200,7 +212,10 @@ def pack_stats(items) -> np.ndarray:
     s2_width = -1 if s2 is None else (0 if s2.ndim == 1 else s2.shape[1])
     shift_rows = 1 if np.ndim(shift0) == 1 else k
     cap = max(st.far.capacity for _, st in items)
-    parts = [np.array([1.0, len(items), k, d, shift_rows, s2_width, cap])]
+    # Layout 2 adds the per-feature counts of k-means with missing values.
+    with_counts = any(st.counts is not None for _, st in items)
+    parts = [np.array([2.0 if with_counts else 1.0, len(items), k, d, shift_rows, s2_width,
+                       cap])]
     for shift, st in items:
         m = len(st.far.score)
         far = np.zeros((cap, d + 4))
@@ -208,6 +223,7 @@ def pack_stats(items) -> np.ndarray:
         far[:m, 3], far[:m, 4:] = st.far.weight, st.far.x
         parts += [np.ravel(shift), st.nk, np.ravel(st.s1),
                   np.empty(0) if st.s2 is None else np.ravel(st.s2),
+                  np.ravel(st.feature_counts) if with_counts else np.empty(0),
                   np.array([st.objective, st.weight_sum, st.n_samples, st.n_nonfinite,
                             st.margin, m, st.far.capacity]), np.ravel(far)]
     return np.concatenate([np.asarray(p, dtype=np.float64) for p in parts])
@@ -216,7 +232,7 @@ def pack_stats(items) -> np.ndarray:
 def unpack_stats(flat: np.ndarray) -> tuple:
     """Inverse of :func:`pack_stats`: a tuple of ``(shift, Stats)`` pairs."""
     version, n, k, d, shift_rows, s2_width, cap = (int(v) for v in flat[:7])
-    if version != 1:
+    if version not in (1, 2):
         raise ValueError(f"unknown layout {version} of packed statistics")
     pos = 7
 
@@ -232,11 +248,13 @@ def unpack_stats(flat: np.ndarray) -> tuple:
         nk, s1 = take(k, (k,)), take(k * d, (k, d))
         s2 = (None if s2_width < 0 else take(k, (k,)) if s2_width == 0
               else take(k * s2_width, (k, s2_width)))
+        counts = take(k * d, (k, d)) if version == 2 else None
         objective, weight_sum, n_samples, n_nonfinite, margin, m, capacity = take(7, (7,))
         far = take(cap * (d + 4), (cap, d + 4))[:int(m)]
         items.append((shift, Stats(
             nk=nk, s1=s1, s2=s2, objective=float(objective), weight_sum=float(weight_sum),
             n_samples=int(n_samples), n_nonfinite=int(n_nonfinite), margin=float(margin),
+            counts=counts,
             far=FarPoints(score=far[:, 0], index=far[:, 1].astype(np.int64),
                           x=far[:, 4:], label=far[:, 2].astype(np.int64),
                           weight=far[:, 3], capacity=int(capacity)))))
