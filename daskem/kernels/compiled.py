@@ -158,11 +158,12 @@ def kmeans_fused(x, w, shift, scorer, centers, block=BLOCK):
 
 
 @numba.njit(**_JIT)
-def _mixture(x, w, shift, weights_t, quad, hard, want_lse, block, gram, lse):
+def _mixture(x, w, shift, weights_t, quad, hard, want_lse, block, gram, lse, skip):
     n, d = x.shape
     k, m = weights_t.shape
     q = m - d - 1
     weighted = w.shape[0] > 0
+    skipping = skip.shape[0] > 0
     wt = np.ascontiguousarray(weights_t.T)  # (m, K)
     feats = np.empty((block, m))
     resp = np.empty((block, k))
@@ -176,8 +177,9 @@ def _mixture(x, w, shift, weights_t, quad, hard, want_lse, block, gram, lse):
         fb = feats[:b]
         for i in range(b):
             row = start + i
+            skipped = skipping and skip[row]
             for j in range(d):
-                z[j] = x[row, j] - shift[j]
+                z[j] = 0.0 if skipped else x[row, j] - shift[j]
                 fb[i, q + j] = z[j]
             fb[i, m - 1] = 1.0
             if quad == 0:  # z_i z_j, i ≤ j, row-major upper triangle
@@ -219,13 +221,17 @@ def _mixture(x, w, shift, weights_t, quad, hard, want_lse, block, gram, lse):
                 total += e
             row_lse = math.log(total) + top if total > 0.0 else -np.inf
             wi = w[row] if weighted else 1.0
+            if skipping and skip[row]:  # weight 0, and never a far point
+                wi = 0.0
+                row_lse = np.inf
+                best_log = 0.0
             if hard:
                 objective += wi * best_log  # classification EM: log π_k N_k of the best
                 for c in range(k):
                     rb[i, c] = 0.0
                 rb[i, best] = wi
             else:
-                objective += wi * row_lse
+                objective += wi * row_lse if wi != 0.0 else 0.0
                 scale = wi / total if total > 0.0 else 0.0
                 for c in range(k):
                     rb[i, c] *= scale
@@ -239,7 +245,8 @@ def _mixture(x, w, shift, weights_t, quad, hard, want_lse, block, gram, lse):
     return objective, weight_sum
 
 
-def mixture_fused(x, w, shift, weights_t, quad, hard=False, want_lse=False, block=BLOCK):
+def mixture_fused(x, w, shift, weights_t, quad, hard=False, want_lse=False, block=BLOCK,
+                  skip=None):
     """E-step of a chunk and the mixture's statistics, never holding more than a block.
 
     ``weights_t`` (K, m) gives ``log π_k N(x | μ_k, Σ_k) = weights_t[k] · F(x − shift)``
@@ -247,7 +254,8 @@ def mixture_fused(x, w, shift, weights_t, quad, hard=False, want_lse=False, bloc
     :mod:`daskem.kernels.covariance`). Returns ``(nk, s1, quad_sums, objective,
     weight_sum, lse)``: Σ r, Σ r z, Σ r q(z) per component, Σ w·log p(x) (or, ``hard``,
     the classification log-likelihood), Σ w, and every row's log p(x) when ``want_lse``
-    (else an empty array).
+    (else an empty array). Rows where ``skip`` (booleans) is true are not read: weight
+    0, their log p(x) +inf.
     """
     x = np.ascontiguousarray(x)
     n, d = x.shape
@@ -258,7 +266,8 @@ def mixture_fused(x, w, shift, weights_t, quad, hard=False, want_lse=False, bloc
     objective, weight_sum = _mixture(
         x, w, np.ascontiguousarray(shift, dtype=np.float64),
         np.ascontiguousarray(weights_t, dtype=np.float64), int(quad), bool(hard),
-        bool(want_lse), max(1, min(block, n)), gram, lse)
+        bool(want_lse), max(1, min(block, n)), gram, lse,
+        np.empty(0, dtype=np.bool_) if skip is None else np.ascontiguousarray(skip))
     q = m - d - 1
     return gram[:, -1].copy(), gram[:, q:q + d].copy(), gram[:, :q].copy(), objective, \
         weight_sum, lse

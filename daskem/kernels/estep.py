@@ -105,14 +105,14 @@ def count_nonfinite(x: np.ndarray) -> int:
 
 
 def _chunk_stats_start(x: np.ndarray, n_components: int, kind: CovarianceType | None,
-                       far_capacity: int) -> Stats:
+                       far_capacity: int, count: bool = True) -> Stats:
     """Empty statistics of a chunk (a mixture's of covariance type ``kind``, or k-means'
     when ``None``), with its row count and non-finite count filled in."""
     d = x.shape[1]
     stats = Stats.zeros(n_components, d,
                         None if kind is None else kind.s2_shape(n_components, d), far_capacity)
     stats.n_samples = x.shape[0]
-    stats.n_nonfinite = count_nonfinite(x)
+    stats.n_nonfinite = count_nonfinite(x) if count else 0
     return stats
 
 
@@ -288,14 +288,22 @@ def gaussian_chunk_stats(x: np.ndarray, w: np.ndarray | None, offset: int,
     """E-step over one chunk and the mixture's statistics, shifted by ``p.shift``: the
     compiled kernel (:func:`~daskem.kernels.compiled.mixture_fused`), or its NumPy twin."""
     if p.marginal is not None and has_nan(x):
-        return _with_missing(x, w, offset, p, gaussian_chunk_stats, _marginal_kernel(x))
+        return _with_missing(x, w, offset, p, _compiled(x))
     compiled = _compiled(x)
     if compiled is None:
         return gaussian_chunk_stats_numpy(x, w, offset, p)
+    return _gaussian_compiled(x, w, offset, p, compiled)
+
+
+def _gaussian_compiled(x: np.ndarray, w: np.ndarray | None, offset: int,
+                       p: GaussianKernelParams, compiled, skip: np.ndarray | None = None,
+                       ) -> Stats:
+    """The compiled mixture kernel over a chunk; rows where ``skip`` is true are left out
+    (not read, not counted, never far points)."""
     kind = p.kind
-    stats = _chunk_stats_start(x, p.n_components, kind, p.far_capacity)
+    stats = _chunk_stats_start(x, p.n_components, kind, p.far_capacity, count=skip is None)
     nk, s1, quad_sums, objective, weight_sum, lse = compiled.mixture_fused(
-        x, w, p.shift, p.weights_t, kind.quad, p.hard, p.far_capacity > 0)
+        x, w, p.shift, p.weights_t, kind.quad, p.hard, p.far_capacity > 0, skip=skip)
     stats.nk += nk
     stats.s1 += s1
     if kind.keeps_s2:
@@ -303,8 +311,13 @@ def gaussian_chunk_stats(x: np.ndarray, w: np.ndarray | None, offset: int,
     stats.objective += objective
     stats.weight_sum += weight_sum
     if p.far_capacity:
-        stats.far = stats.far.merge_block(
+        far = stats.far.merge_block(
             -lse, x, lambda rows: np.argmax(gaussian_log_prob(x[rows], p), axis=1), w, offset)
+        if skip is not None:
+            keep = np.isfinite(far.score)
+            far = FarPoints(far.score[keep], far.index[keep], far.x[keep], far.label[keep],
+                            far.weight[keep], far.capacity)
+        stats.far = far
     return stats
 
 
@@ -313,8 +326,7 @@ def gaussian_chunk_stats_numpy(x: np.ndarray, w: np.ndarray | None, offset: int,
     """E-step over one chunk and the mixture's statistics, shifted by ``p.shift``: the
     NumPy reference twin of the compiled kernel, in blocks of NumPy operations."""
     if p.marginal is not None and has_nan(x):
-        return _with_missing(x, w, offset, p, gaussian_chunk_stats_numpy,
-                             marginal_stats)
+        return _with_missing(x, w, offset, p, None)
     n, d = x.shape
     k = p.n_components
     kind = p.kind
@@ -364,26 +376,30 @@ def has_nan(x: np.ndarray) -> bool:
 
 
 def _with_missing(x: np.ndarray, w: np.ndarray | None, offset: int, p: GaussianKernelParams,
-                  complete_kernel, marginal_kernel) -> Stats:
-    """A chunk with NaN under ``missing="marginalize"``: its complete rows through
-    ``complete_kernel`` (today's path), the rows with a missing value through
-    ``marginal_kernel`` (:func:`~daskem.kernels.marginal.marginal_stats` or its compiled
-    twin); rows with nothing observed are left
+                  compiled) -> Stats:
+    """A chunk with NaN under ``missing="marginalize"``: its complete rows by today's path
+    (``compiled``: the compiled kernel over the whole chunk, skipping the other rows, so no
+    copy; else the NumPy twin on a copy of the complete rows), the rows with a missing
+    value through :func:`~daskem.kernels.marginal.marginal_stats` or its compiled twin
+    (:func:`~daskem.kernels.compiled.marginal_fused`); rows with nothing observed are left
     out. Far points (re-seeding candidates) are complete rows."""
-    compiled = _compiled(x) if marginal_kernel is not marginal_stats else None
+    plain = replace(p, marginal=None)
     if compiled is None:
         _, complete, partial, _ = split_rows(x)
         n_inf = int(np.isinf(x).sum())
+        stats = gaussian_chunk_stats_numpy(np.ascontiguousarray(x[complete]),
+                                           None if w is None else np.asarray(w)[complete], 0,
+                                           plain)
+        far = stats.far
+        stats.far = FarPoints(far.score, complete[far.index].astype(np.int64) + offset, far.x,
+                              far.label, far.weight, far.capacity)
+        marginal_kernel = marginal_stats
     else:
         per_row, n_inf = compiled.scan_missing(x)
-        complete = np.flatnonzero(per_row == 0)
+        stats = _gaussian_compiled(x, w, offset, plain, compiled, skip=per_row > 0)
+        stats.n_samples = int(np.count_nonzero(per_row == 0))
         partial = np.flatnonzero((per_row > 0) & (per_row < x.shape[1]))
-    plain = replace(p, marginal=None)
-    stats = complete_kernel(np.ascontiguousarray(x[complete]),
-                            None if w is None else np.asarray(w)[complete], 0, plain)
-    far = stats.far
-    stats.far = FarPoints(far.score, complete[far.index].astype(np.int64) + offset, far.x,
-                          far.label, far.weight, far.capacity)
+        marginal_kernel = compiled.marginal_fused
     kind = p.kind
     wp = None if w is None else np.asarray(w, dtype=np.float64)[partial]
     nk, s1, quad_sums, objective, weight_sum = marginal_kernel(
@@ -397,13 +413,6 @@ def _with_missing(x: np.ndarray, w: np.ndarray | None, offset: int, p: GaussianK
     stats.n_samples += len(partial)
     stats.n_nonfinite = n_inf
     return stats
-
-
-def _marginal_kernel(x: np.ndarray):
-    """The statistics of rows with missing values: compiled for chunks the compiled
-    kernels serve, else the NumPy reference."""
-    compiled = _compiled(x)
-    return marginal_stats if compiled is None else compiled.marginal_fused
 
 
 @dataclass
