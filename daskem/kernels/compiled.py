@@ -274,11 +274,10 @@ def mixture_fused(x, w, shift, weights_t, quad, hard=False, want_lse=False, bloc
 
 
 @numba.njit(**_JIT)
-def _spd_inverse(a, inv):
-    """``inv`` ← a⁻¹ of a small symmetric positive definite ``a`` (Cholesky); returns
-    log det a (NaN when ``a`` is not positive definite)."""
-    r = a.shape[0]
-    low = np.zeros((r, r))
+def _spd_inverse(a, r, inv, low, low_inv):
+    """``inv[:r, :r]`` ← a⁻¹ of the small symmetric positive definite ``a[:r, :r]``
+    (Cholesky; ``low`` and ``low_inv`` are scratch of at least r × r); returns log det a
+    (NaN when ``a`` is not positive definite)."""
     logdet = 0.0
     for j in range(r):
         s = a[j, j]
@@ -293,7 +292,6 @@ def _spd_inverse(a, inv):
             for t in range(j):
                 s -= low[i, t] * low[j, t]
             low[i, j] = s / low[j, j]
-    low_inv = np.zeros((r, r))
     for c in range(r):
         for i in range(c, r):
             s = 1.0 if i == c else 0.0
@@ -310,138 +308,199 @@ def _spd_inverse(a, inv):
 
 
 @numba.njit(**_JIT)
-def _pattern_factors(prec, log_w, log_det, missing_row, mi, cond, const):
-    """For one missingness pattern (``missing_row``), every component's Λ_mm⁻¹ into
-    ``cond`` and the constant of its log-density into ``const``; returns the number of
-    missing features (their indices in ``mi``)."""
-    k, d = prec.shape[0], prec.shape[1]
-    nm = 0
-    for j in range(d):
-        if missing_row[j]:
-            mi[nm] = j
-            nm += 1
-    lmm = np.empty((nm, nm))
-    inv = np.empty((nm, nm))
-    for c in range(k):
-        for a in range(nm):
-            for b2 in range(nm):
-                lmm[a, b2] = prec[c, mi[a], mi[b2]]
-        ld = _spd_inverse(lmm, inv)
-        for a in range(nm):
-            for b2 in range(nm):
-                cond[c, a, b2] = inv[a, b2]
-        const[c] = log_w[c] + log_det[c] - 0.5 * ld - 0.5 * (d - nm) * LOG_2PI
-    return nm
+def _marginal_shared(x, w, order, pattern, missing, shift, weights_t, means, prec, log_w,
+                     hard, block, gram, extra, s1_extra, pattern_mass):
+    """Full and tied: the E-step of rows with missing values through the complete-data
+    feature map. With x̃ the row less the shift, 0 on the missing features, and
+    c = μ − s, δ = x̃ − c on the observed features::
 
+        δᵀΛδ = (x̃ − c)ᵀΛ(x̃ − c) + 2 Σ_m c_a (Λx̃)_a − 2 Σ_m c_a (Λc)_a + c_mᵀ Λ_mm c_m
+        v    = (Λδ)_m = (Λx̃)_m − (Λc)_m + Λ_mm c_m
 
-@numba.njit(**_JIT)
-def _marginal(x, w, order, pattern, missing, means, prec, log_w, log_det, shift, hard,
-              block, nk, s1, dense, pattern_mass):
+    The first term is the complete-data log-density of x̃ (one product of the block's
+    features F(x̃) with every component's weights: BLAS), the terms in c alone are
+    constants of (pattern, component), and (Λx̃)_m costs |m|·d per row and component. The
+    statistics likewise: Σ r F(x̃) is one product, and x̂ − s = x̃ + e with e = c_m − Λ_mm⁻¹ v
+    on the missing features adds Σ r e (``s1_extra``) and Σ r (x̃ eᵀ + e x̃ᵀ + e eᵀ)
+    (``extra``, upper triangle); the conditional covariances come from ``pattern_mass``.
+    """
     n, d = x.shape
-    k = means.shape[0]
+    k, m_width = weights_t.shape
+    q = m_width - d - 1
     weighted = w.shape[0] > 0
-    diff = np.empty((k, block, d))
-    prod = np.empty((k, block, d))
-    logp = np.empty((k, block))
-    zr = np.empty((block, d))
-    outer = np.empty((d, d))
-    mi = np.empty(d, dtype=np.int64)
-    cond = np.empty((k, d, d))
-    const = np.empty(k)
+    wt = np.ascontiguousarray(weights_t.T)
+    feats = np.empty((block, m_width))
+    resp = np.empty((block, k))
+    part = np.empty((k, m_width))
+    xt = np.empty((block, d))  # x̃
+    e = np.empty((k, block, d))  # e on the missing features (first nm entries)
+    lam_c = np.empty((k, d))  # Λ c
     centred = np.empty((k, d))
     for c in range(k):
         for j in range(d):
             centred[c, j] = means[c, j] - shift[j]
+        for j in range(d):
+            acc = 0.0
+            for t in range(d):
+                acc += prec[c, j, t] * centred[c, t]
+            lam_c[c, j] = acc
+    mi = np.empty(d, dtype=np.int64)
+    cond = np.empty((k, d, d))
+    ld_mm = np.empty(k)
+    kappa = np.empty((k, d))
+    adjust = np.empty(k)
+    scratch = np.zeros((3, d, d))
+    g = np.empty(d)
+    v = np.empty(d)
+    cv = np.empty(d)
+    row_nm = np.empty(block, dtype=np.int64)
+    row_mi = np.empty((block, d), dtype=np.int64)
     objective = 0.0
     weight_sum = 0.0
     current = -1
     nm = 0
     for start in range(0, n, block):
         b = min(start + block, n) - start
-        # δ = x − μ on the observed features, 0 on the missing; (Λδ)ᵀ per component (BLAS).
-        for c in range(k):
-            dc = diff[c, :b]
-            for i in range(b):
-                row = order[start + i]
-                for j in range(d):
-                    v = x[row, j]
-                    dc[i, j] = 0.0 if missing[row, j] else v - means[c, j]
-            np.dot(dc, prec[c], prod[c, :b])  # Λ symmetric: rows of (Λδ)ᵀ
+        fb = feats[:b]
         for i in range(b):
             row = order[start + i]
-            if pattern[start + i] != current:  # rows come sorted by pattern
+            for j in range(d):
+                xt[i, j] = 0.0 if missing[row, j] else x[row, j] - shift[j]
+                fb[i, q + j] = xt[i, j]
+            fb[i, m_width - 1] = 1.0
+            p = 0
+            for a in range(d):
+                za = xt[i, a]
+                for c2 in range(a, d):
+                    fb[i, p] = za * xt[i, c2]
+                    p += 1
+        rb = resp[:b]
+        np.dot(fb, wt, rb)  # the complete-data log π_k N(x̃ + s | μ_k, Σ_k)
+        for i in range(b):
+            row = order[start + i]
+            if pattern[start + i] != current:
                 current = pattern[start + i]
-                nm = _pattern_factors(prec, log_w, log_det, missing[row], mi, cond, const)
-            for c in range(k):
-                maha = 0.0
+                nm = 0
                 for j in range(d):
-                    maha += diff[c, i, j] * prod[c, i, j]
+                    if missing[row, j]:
+                        mi[nm] = j
+                        nm += 1
+                lmm = scratch[0]
+                for c in range(k):
+                    for a in range(nm):
+                        for b2 in range(nm):
+                            lmm[a, b2] = prec[c, mi[a], mi[b2]]
+                    ld_mm[c] = _spd_inverse(lmm, nm, cond[c], scratch[1], scratch[2])
+                    const = 0.0
+                    for a in range(nm):
+                        ca = centred[c, mi[a]]
+                        acc = 0.0
+                        for b2 in range(nm):
+                            acc += prec[c, mi[a], mi[b2]] * centred[c, mi[b2]]
+                        kappa[c, a] = acc - lam_c[c, mi[a]]
+                        const += ca * (acc - 2.0 * lam_c[c, mi[a]])
+                    adjust[c] = 0.5 * nm * LOG_2PI - 0.5 * ld_mm[c] - 0.5 * const
+            row_nm[i] = nm
+            for a in range(nm):
+                row_mi[i, a] = mi[a]
+            for c in range(k):
                 corr = 0.0
                 for a in range(nm):
-                    cv = 0.0
+                    acc = 0.0
+                    for j in range(d):
+                        acc += prec[c, mi[a], j] * xt[i, j]
+                    g[a] = acc
+                    v[a] = acc + kappa[c, a]
+                    corr -= centred[c, mi[a]] * acc
+                quad = 0.0
+                for a in range(nm):
+                    acc = 0.0
                     for b2 in range(nm):
-                        cv += cond[c, a, b2] * prod[c, i, mi[b2]]
-                    corr += prod[c, i, mi[a]] * cv
-                    diff[c, i, mi[a]] = -cv  # E[x_m | x_o] − μ_m
-                logp[c, i] = const[c] - 0.5 * (maha - corr)
+                        acc += cond[c, a, b2] * v[b2]
+                    cv[a] = acc
+                    quad += v[a] * acc
+                    e[c, i, a] = centred[c, mi[a]] - acc  # E[x_m | x_o] − s_m
+                rb[i, c] += adjust[c] + corr + 0.5 * quad
         for i in range(b):
             row = order[start + i]
             top = -np.inf
             best = 0
             for c in range(k):
-                if logp[c, i] > top:
-                    top = logp[c, i]
+                if rb[i, c] > top:
+                    top = rb[i, c]
                     best = c
             best_log = top
             if not np.isfinite(top):
                 top = 0.0
             total = 0.0
             for c in range(k):
-                e = logp[c, i] - top
-                e = math.exp(e) if e > NEGLIGIBLE else 0.0
-                logp[c, i] = e
-                total += e
+                ex = rb[i, c] - top
+                ex = math.exp(ex) if ex > NEGLIGIBLE else 0.0
+                rb[i, c] = ex
+                total += ex
             row_lse = math.log(total) + top if total > 0.0 else -np.inf
             wi = w[row] if weighted else 1.0
             if hard:
                 objective += wi * best_log
                 for c in range(k):
-                    logp[c, i] = 0.0
-                logp[best, i] = wi
+                    rb[i, c] = 0.0
+                rb[i, best] = wi
             else:
                 objective += wi * row_lse
                 scale = wi / total if total > 0.0 else 0.0
                 for c in range(k):
-                    logp[c, i] *= scale
+                    rb[i, c] *= scale
             weight_sum += wi
+        np.dot(rb.T, fb, part)
+        for c in range(k):
+            for j in range(m_width):
+                gram[c, j] += part[c, j]
+        for i in range(b):
+            nmi = row_nm[i]
+            gi = pattern[start + i]
             for c in range(k):
-                pattern_mass[pattern[start + i], c] += logp[c, i]
-        for c in range(k):
-            dc = diff[c, :b]
-            mass = 0.0
-            for i in range(b):
-                r = logp[c, i]
-                mass += r
-                for j in range(d):
-                    z = dc[i, j] + centred[c, j]
-                    dc[i, j] = z
-                    zr[i, j] = r * z
-                    s1[c, j] += r * z
-            nk[c] += mass
-            np.dot(zr[:b].T, dc, outer)  # Σ r z zᵀ (BLAS)
-            for a in range(d):
-                for b2 in range(a, d):
-                    dense[c, a, b2] += outer[a, b2]
-    # The conditional covariances, on m × m: Σ r per (pattern, component) times Λ_mm⁻¹.
+                r = rb[i, c]
+                if r == 0.0:
+                    continue
+                pattern_mass[gi, c] += r
+                for a in range(nmi):
+                    ra = r * e[c, i, a]
+                    ma = row_mi[i, a]
+                    s1_extra[c, ma] += ra
+                    for j in range(d):  # x̃ eᵀ (x̃ is 0 on the missing features)
+                        extra[c, j, ma] += ra * xt[i, j]
+                    for b2 in range(a, nmi):
+                        extra[c, ma, row_mi[i, b2]] += ra * e[c, i, b2]
+    return objective, weight_sum
+
+
+@numba.njit(**_JIT)
+def _add_conditional_covariances(extra, pattern_mass, order, pattern, missing, prec):
+    """``extra`` (upper triangles) += Σ r per (pattern, component) times Λ_mm⁻¹."""
+    k, d = prec.shape[0], prec.shape[1]
+    mi = np.empty(d, dtype=np.int64)
+    scratch = np.zeros((3, d, d))
+    cond = np.empty((d, d))
+    start = 0
     for g in range(pattern_mass.shape[0]):
-        row = order[np.searchsorted(pattern, g)]
-        nm = _pattern_factors(prec, log_w, log_det, missing[row], mi, cond, const)
+        while pattern[start] != g:
+            start += 1
+        row = order[start]
+        nm = 0
+        for j in range(d):
+            if missing[row, j]:
+                mi[nm] = j
+                nm += 1
+        lmm = scratch[0]
         for c in range(k):
+            for a in range(nm):
+                for b2 in range(nm):
+                    lmm[a, b2] = prec[c, mi[a], mi[b2]]
+            _spd_inverse(lmm, nm, cond, scratch[1], scratch[2])
             mass = pattern_mass[g, c]
             for a in range(nm):
                 for b2 in range(a, nm):
-                    dense[c, mi[a], mi[b2]] += mass * cond[c, a, b2]
-    return objective, weight_sum
+                    extra[c, mi[a], mi[b2]] += mass * cond[a, b2]
 
 
 @numba.njit(**_JIT)
@@ -545,9 +604,10 @@ def scan_missing(x) -> tuple[np.ndarray, int]:
 
 def marginal_fused(x, w, mp, shift, quad, keeps_s2, hard, block=BLOCK):
     """Compiled twin of :func:`daskem.kernels.marginal.marginal_stats` (same arguments and
-    results). Full and tied: rows grouped by missingness pattern, ``Λ_mm`` factorised once
-    per (pattern, component), a block's products with ``Λ`` and its scatter through BLAS,
-    the log-sum-exp and the statistics in the same pass. Diagonal types: row by row."""
+    results). Full and tied (:func:`_marginal_shared`): rows sorted by missingness pattern,
+    ``Λ_mm`` factorised once per (pattern, component), a block's log-densities and
+    statistics through the complete-data feature map (BLAS) with corrections of |m|·d per
+    row and component. Diagonal types (:func:`_marginal_diagonal`): row by row."""
     from daskem.kernels.covariance import QUAD_OUTER, QUAD_SQUARE
     from daskem.kernels.marginal import pattern_order
 
@@ -561,13 +621,26 @@ def marginal_fused(x, w, mp, shift, quad, keeps_s2, hard, block=BLOCK):
     if quad == QUAD_OUTER:  # full, tied (both keep s2)
         missing = np.isnan(x)
         pattern, order = pattern_order(missing)
-        dense = np.zeros((k, d, d))
         n_patterns = int(pattern[-1]) + 1 if n else 0
-        objective, weight_sum = _marginal(x, w, order, pattern, missing, *args,
-                                          max(1, min(block, n)), nk, s1, dense,
-                                          np.zeros((n_patterns, k)))
+        m_width = mp.weights_t.shape[1]
+        gram = np.zeros((k, m_width))
+        extra = np.zeros((k, d, d))
+        s1_extra = np.zeros((k, d))
+        pattern_mass = np.zeros((n_patterns, k))
+        objective, weight_sum = _marginal_shared(
+            x, w, order, pattern, missing, np.ascontiguousarray(mp.shift),
+            np.ascontiguousarray(mp.weights_t), mp.means, mp.precisions, mp.log_weights,
+            bool(hard), max(1, min(block, n)), gram, extra, s1_extra, pattern_mass)
+        _add_conditional_covariances(extra, pattern_mass, order, pattern, missing,
+                                     mp.precisions)
+        q = m_width - d - 1
         iu, ju = np.triu_indices(d)
-        return nk, s1, dense[:, iu, ju], objective, weight_sum
+        # The upper triangle of x̃ eᵀ + e x̃ᵀ + e eᵀ + C: ``extra`` holds x̃ eᵀ wherever it
+        # falls (rows of observed features, columns of missing ones: 0 on the diagonal)
+        # and e eᵀ + C on and above the diagonal (rows and columns of missing features).
+        upper = extra[:, iu, ju] + np.where(iu != ju, extra[:, ju, iu], 0.0)
+        return (gram[:, -1] + 0.0, gram[:, q:q + d] + s1_extra, gram[:, :q] + upper,
+                objective, weight_sum)
     squares = np.zeros((k, d))
     objective, weight_sum = _marginal_diagonal(x, w, *args, nk, s1, squares)
     quad_sums = None

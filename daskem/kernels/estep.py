@@ -185,16 +185,17 @@ class GaussianKernelParams:
         with np.errstate(divide="ignore"):
             log_w = np.log(weights)
         log_det = np.broadcast_to(kind.log_det(prec_chol, d), (k,))
+        weights_t = np.ascontiguousarray(np.hstack([
+            -0.5 * quad, linear,
+            (log_w + log_det - 0.5 * d * LOG_2PI - 0.5 * maha_const)[:, None]]))
         return cls(
             covariance_type=covariance_type,
             shift=shift,
-            weights_t=np.ascontiguousarray(np.hstack([
-                -0.5 * quad, linear,
-                (log_w + log_det - 0.5 * d * LOG_2PI - 0.5 * maha_const)[:, None]])),
+            weights_t=weights_t,
             hard=hard,
             far_capacity=far_capacity,
-            marginal=(MarginalParams.build(weights, means, prec_chol, kind) if marginalize
-                      else None),
+            marginal=(MarginalParams.build(weights, means, prec_chol, kind, shift, weights_t)
+                      if marginalize else None),
         )
 
     @property

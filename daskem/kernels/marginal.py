@@ -45,9 +45,14 @@ class MarginalParams:
     precisions: np.ndarray  # (K, d, d) dense, every covariance type
     log_weights: np.ndarray  # (K,)
     log_det: np.ndarray  # (K,) log det U = ½ log det Λ
+    # The complete-data form (see daskem.kernels.estep): log π_k N(x | μ_k, Σ_k) =
+    # weights_t[k] · F(x − shift); the compiled kernel corrects it for the missing part.
+    shift: np.ndarray | None = None
+    weights_t: np.ndarray | None = None
 
     @classmethod
-    def build(cls, weights, means, prec_chol, kind) -> MarginalParams:
+    def build(cls, weights, means, prec_chol, kind, shift=None,
+              weights_t=None) -> MarginalParams:
         means = np.asarray(means, dtype=np.float64)
         k, d = means.shape
         prec_chol = np.asarray(prec_chol, dtype=np.float64)
@@ -56,7 +61,8 @@ class MarginalParams:
             log_w = np.log(np.asarray(weights, dtype=np.float64))
         return cls(means=means, precisions=np.ascontiguousarray(precisions),
                    log_weights=log_w,
-                   log_det=np.broadcast_to(kind.log_det(prec_chol, d), (k,)).astype(np.float64))
+                   log_det=np.broadcast_to(kind.log_det(prec_chol, d), (k,)).astype(np.float64),
+                   shift=shift, weights_t=weights_t)
 
     @property
     def n_components(self) -> int:
