@@ -45,8 +45,11 @@ class DataConfig(_Section):
                                     "'variable'")
     sample_dims: list[str] | None = Field(
         None, description="xarray: the dimensions stacked into samples, in order")
-    missing: Literal["error", "drop"] = Field(
-        "error", description="rows with NaN: fail naming the row, or drop them (counted)")
+    missing: Literal["error", "drop", "marginalize"] = Field(
+        "error", description="NaN in the data: fail naming the row, drop the rows that have "
+        "one (counted), or marginalize: a NaN is a missing value, treated as latent by EM "
+        "(gmm) or left out of the distances (kmeans); rows with nothing observed are left "
+        "out (counted)")
     chunk_rows: int | None = Field(None, ge=1, description="rows per chunk; null keeps "
                                    "the source's chunking")
     standardize: bool = Field(False, description="scale each feature to mean 0 and "
@@ -164,6 +167,9 @@ class OutputConfig(_Section):
     labels: bool = True
     responsibilities: bool = Field(True, description="gmm only")
     log_likelihood: bool = Field(True, description="gmm only")
+    imputed: bool = Field(False, description="gmm only: the features with every NaN "
+                          "replaced by its conditional expectation under the model "
+                          "(observed values unchanged)")
     storage_options: dict[str, Any] | None = Field(
         None, description="passed to fsspec for output.path; default: run.storage_options")
 

@@ -63,7 +63,7 @@ class ModelKind:
 GMM = ModelKind("gmm", "GaussianMixture", "lower bound", "lower_bound", "lower_bounds_",
                 maximize=True, arrays=("weights", "means", "covariances",
                                        "precisions_cholesky"),
-                outputs=("labels", "responsibilities", "log_likelihood"),
+                outputs=("labels", "responsibilities", "log_likelihood", "imputed"),
                 param_names={"init": "init_params"})
 KMEANS = ModelKind("kmeans", "KMeans", "inertia", "inertia", "inertia_history_",
                    maximize=False, arrays=("cluster_centers",), outputs=("labels",),

@@ -47,6 +47,8 @@ def estimator_settings(config: RunConfig) -> dict:
                    if v is not None})
     if config.data.chunk_rows is not None:
         values["chunk_rows"] = config.data.chunk_rows
+    if config.data.missing == "marginalize":
+        values["missing"] = "marginalize"
     return {kind.param_names.get(k, k): v for k, v in values.items()}
 
 
@@ -202,6 +204,7 @@ def new_rows(config: RunConfig, source: Source, warm: WarmModel | None) -> Sourc
                         f"that run (it was fitted on all {n:,}); nothing to fit")
     check_size(config, n - start)
     return replace(source, full=source.full[start:], X=source.X[start:], rows=None,
+                   unscaled=None if source.unscaled is None else source.unscaled[start:],
                    first_row=start, fingerprint={**source.fingerprint, "rows": [start, n]},
                    description=f"{source.description}; rows {start:,} to {n:,}, added "
                    f"since {warm.path}")
@@ -374,7 +377,22 @@ def fit(plan: Plan, source: Source, reporter: Reporter):
     reporter.started = time.monotonic()
     estimator.fit(rows, checkpoint=store, callback=lambda n, states: reporter.iteration(
         n, states, kind, estimator.max_iter, passes=estimator.passes_))
+    report_missing(estimator, source, reporter)
     return estimator, None
+
+
+def report_missing(estimator, source: Source, reporter: Reporter) -> None:
+    """With ``missing: marginalize``: how many values were missing, and how many rows had
+    nothing observed (left out of the fit)."""
+    n_missing = getattr(estimator, "n_missing_values_", 0)
+    if not n_missing:
+        return
+    n_values = source.n_rows * len(source.features)
+    empty = estimator.n_empty_rows_
+    reporter.info(f"missing values: {n_missing:,} of {n_values:,} ({n_missing / n_values:.1%})"
+                  f", marginalized; {empty:,} row(s) with nothing observed left out of the "
+                  "fit (fill values in the outputs)", n_missing_values=n_missing,
+                  n_empty_rows=empty)
 
 
 def save_model(plan: Plan, estimator, selection, source: Source) -> ModelRecord:

@@ -10,7 +10,8 @@ it regenerated exactly. The mixture's components are fixed by the seed.
 
 Formats: ``zarr`` (one 2-D array ``X`` in a Zarr group, attributes naming the features),
 ``xarray`` (a dataset with one variable per feature over dimensions time × lat × lon, rows
-on a fixed "land mask" set to NaN), ``npy``.
+on a fixed "land mask" set to NaN, and ``--gaps`` of each feature's other values missing
+at random, as clouds hide one band and not the others), ``npy``.
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def land_mask(n_lat: int, n_lon: int) -> np.ndarray:
 
 
 def write_xarray(path: str, grid: tuple[int, int, int], n_features: int, n_components: int,
-                 seed: int, dtype="float64") -> None:
+                 seed: int, dtype="float64", gaps: float = 0.0) -> None:
     import xarray as xr
 
     n_time, n_lat, n_lon = grid
@@ -124,6 +125,9 @@ def write_xarray(path: str, grid: tuple[int, int, int], n_features: int, n_compo
     cube = X.reshape(n_time, n_lat, n_lon, n_features)
     mask = land_mask(n_lat, n_lon)
     cube = da.where(mask[None, :, :, None], np.nan, cube)
+    if gaps > 0:  # each feature's own missing values
+        hidden = da.random.default_rng(seed + 1).random(cube.shape, chunks=cube.chunks) < gaps
+        cube = da.where(hidden, np.nan, cube)
     ds = xr.Dataset(
         {name: (("time", "lat", "lon"), cube[..., j]) for j, name in
          enumerate(feature_names(n_features))},
@@ -145,6 +149,9 @@ def main(argv=None) -> int:
     parser.add_argument("--grid", type=int, nargs=3, metavar=("TIME", "LAT", "LON"),
                         default=(24, 32, 32), help="xarray format: the grid")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--gaps", type=float, default=0.1,
+                        help="xarray format: the fraction of each feature's values missing "
+                        "(besides the land mask)")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float64")
     parser.add_argument("--if-missing", action="store_true",
                         help="do nothing if the path exists")
@@ -158,9 +165,10 @@ def main(argv=None) -> int:
     target.parent.mkdir(parents=True, exist_ok=True)
     if args.format == "xarray":
         write_xarray(str(target), tuple(args.grid), args.n_features, args.n_components,
-                     args.seed, args.dtype)
+                     args.seed, args.dtype, args.gaps)
         print(f"wrote {target}: xarray dataset, grid {tuple(args.grid)}, "
-              f"{args.n_features} features")
+              f"{args.n_features} features, {args.gaps:.0%} of each feature's values "
+              "missing besides the land mask")
         return 0
     X = synthetic_array(args.n_samples, args.n_features, args.n_components,
                         chunk_rows=args.chunk_rows, seed=args.seed, dtype=args.dtype)

@@ -119,3 +119,16 @@ def assert_same_parameters(a, b) -> None:
     assert list(pa) == list(pb)
     for name, value in pa.items():
         np.testing.assert_array_equal(value, pb[name], err_msg=name)
+
+
+# The embedded cluster of the CLI tests: two worker processes, no dashboard.
+CLUSTER = {"n_workers": 2, "threads_per_worker": 1, "dashboard_address": None}
+
+
+def write_config(tmp_path, name, **sections):
+    """A job config ``<tmp_path>/<name>.yaml`` with the test cluster and ``sections``."""
+    import yaml
+
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"cluster": CLUSTER, **sections}))
+    return path

@@ -8,16 +8,14 @@ import re
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import dask
 import dask.array as da
 import numpy as np
 import pytest
 import xarray as xr
-import yaml
 import zarr
-from conftest import feature_store_module, run_cli, start_cli, synthetic_store
+from conftest import feature_store_module, run_cli, start_cli, synthetic_store, write_config
 
 from daskem import GaussianMixture, KMeans
 from daskem.model import read_history, read_model
@@ -25,15 +23,9 @@ from daskem.store import RunStore
 
 pytestmark = pytest.mark.distributed
 
-CLUSTER = {"n_workers": 2, "threads_per_worker": 1, "dashboard_address": None}
 
 
 
-
-def write_config(tmp_path, name, **sections) -> Path:
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({"cluster": CLUSTER, **sections}))
-    return path
 
 
 def test_run_zarr_store_end_to_end(tmp_path, small_store):

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 import zarr
+from conftest import write_config
 
 from daskem import ConvergenceWarning, GaussianMixture, KMeans
 from daskem.config import ConfigError, parse_config
@@ -23,7 +23,6 @@ from daskem.steps import build_estimator
 from daskem.store import RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
-CLUSTER = {"n_workers": 2, "threads_per_worker": 1, "dashboard_address": None}
 
 
 def run(*args, timeout=300):
@@ -31,11 +30,6 @@ def run(*args, timeout=300):
     return subprocess.run([sys.executable, *args], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT)
 
-
-def write_config(tmp_path, name, **sections) -> Path:
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({"cluster": CLUSTER, **sections}))
-    return path
 
 
 # ------------------------------------------------------------------ progress (item 1)

@@ -258,7 +258,7 @@ def test_impute_is_the_conditional_expectation():
     filled = gm.impute(x)
     observed = ~np.isnan(x)
     np.testing.assert_array_equal(filled[observed], x[observed])
-    np.testing.assert_allclose(filled[:3], np.broadcast_to(gm.weights_ @ gm.means_, (3, 4)))
+    assert np.isnan(filled[np.isnan(x).all(axis=1)]).all()  # nothing observed: stays NaN
     for i in range(3, 80):
         o, m = observed[i], ~observed[i]
         if not m.any() or not o.any():
@@ -302,6 +302,8 @@ def test_recovery_and_imputation_on_a_known_mixture():
            / np.linalg.norm(complete.covariances_[order], axis=(1, 2)))
     assert rel.max() < 0.10
     filled = gm.impute(x)
+    assert not np.isnan(filled[~np.isnan(x).all(axis=1)]).any()
+    removed &= ~np.isnan(x).all(axis=1)[:, None]  # rows with nothing observed stay NaN
     rmse = np.sqrt(np.mean((filled[removed] - full[removed]) ** 2))
     column = np.where(removed, np.nanmean(x, axis=0), x)
     rmse_mean = np.sqrt(np.mean((column[removed] - full[removed]) ** 2))
@@ -328,7 +330,9 @@ def test_policies_and_refusals():
         GaussianMixture(2, missing="marginalize").fit(np.full((10, 3), np.nan))
     # a model fitted without missing values still imputes
     gm = GaussianMixture(2, random_state=0).fit(full)
-    assert not np.isnan(gm.impute(x)).any()
+    empty = np.isnan(x).all(axis=1)
+    np.testing.assert_array_equal(np.isnan(gm.impute(x)), empty[:, None] & np.ones_like(x,
+                                                                                      bool))
 
 
 def naive_partial_lloyd(x, centers, n_iter):
@@ -399,3 +403,80 @@ def test_kmeans_without_nan_marginalize_is_todays_fit():
     assert (a.inertia_, a.n_iter_) == (b.inertia_, b.n_iter_)
     with pytest.raises(ParameterError, match="partial_fit"):
         b.partial_fit(full)
+
+
+def test_job_marginalizes_an_xarray_grid_and_writes_the_imputed_features(tmp_path):
+    """`daskem run` with data.missing: marginalize and output.imputed on a grid whose
+    features miss values of their own (and whole cells on the land mask)."""
+    import xarray as xr
+
+    from conftest import feature_store_module, run_cli, write_config
+
+    import daskem
+
+    mfs = feature_store_module()
+    grid = tmp_path / "grid.zarr"
+    mfs.write_xarray(str(grid), (6, 10, 12), 3, 3, seed=2, gaps=0.15)
+    store = tmp_path / "gmm.zarr"
+    data = {"path": str(grid), "features": ["f0", "f1", "f2"], "missing": "marginalize",
+            "sample_dims": ["time", "lat", "lon"], "chunk_rows": 200}
+    cfg = write_config(tmp_path, "gmm", data=data, output={"imputed": True},
+                       model={"kind": "gmm", "n_components": 3, "tol": 1e-6},
+                       run={"store": str(store)})
+    result = run_cli("run", str(cfg))
+    assert result.returncode == 0, result.stderr
+    source = xr.open_zarr(str(grid), consolidated=False)
+    rows = np.stack([source[f].values for f in ("f0", "f1", "f2")], axis=-1).reshape(-1, 3)
+    empty = np.isnan(rows).all(axis=1)
+    n_missing = int(np.isnan(rows).sum())
+    assert f"missing values: {n_missing:,} of {rows.size:,}" in result.stdout
+    assert f"{empty.sum():,} row(s) with nothing observed left out" in result.stdout
+    # The same fit in this process, from the same settings.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = GaussianMixture(3, tol=1e-6, random_state=0, missing="marginalize",
+                              chunk_rows=200).fit(da.from_array(rows, chunks=(200, 3)))
+    model = daskem.load(str(store))
+    np.testing.assert_allclose(model.means_, ref.means_, rtol=1e-9)
+    assert ref.n_empty_rows_ == empty.sum()
+    out = xr.open_zarr(str(store), group="outputs")
+    assert out.imputed.dims == ("time", "lat", "lon", "feature")
+    assert list(out.feature.values) == ["f0", "f1", "f2"]
+    imputed = out.imputed.values.reshape(-1, 3)
+    observed = ~np.isnan(rows)
+    np.testing.assert_array_equal(imputed[observed], rows[observed])
+    np.testing.assert_allclose(imputed[~empty], ref.impute(rows)[~empty], rtol=1e-9)
+    assert np.isnan(imputed[empty]).all()
+    labels = out.labels.values.reshape(-1)
+    assert (labels[empty] == -1).all() and (labels[~empty] >= 0).all()
+    np.testing.assert_array_equal(labels[~empty], ref.predict(rows[~empty]))
+
+
+def test_job_imputes_in_the_data_units_when_standardized(tmp_path):
+    import zarr
+
+    from conftest import run_cli, write_config
+
+    x, _, _, _ = mixture_data(n=1200, seed=9, empty=2)
+    x = x * np.array([1.0, 100.0, 0.01, 5.0]) + 50.0
+    path = tmp_path / "x.zarr"
+    zarr.open_group(str(path), mode="w").create_array("X", data=x, chunks=(300, 4))
+    store = tmp_path / "run.zarr"
+    cfg = write_config(tmp_path, "std", data={"path": str(path), "missing": "marginalize",
+                                              "standardize": True},
+                       model={"kind": "gmm", "n_components": 3}, output={"imputed": True},
+                       run={"store": str(store)})
+    result = run_cli("run", str(cfg))
+    assert result.returncode == 0, result.stderr
+    outputs = zarr.open_group(str(store), path="outputs", mode="r")
+    imputed = outputs["imputed"][:]
+    observed = ~np.isnan(x)
+    np.testing.assert_array_equal(imputed[observed], x[observed])  # exactly unchanged
+    empty = ~observed.any(axis=1)
+    assert np.isnan(imputed[empty]).all() and not np.isnan(imputed[~empty]).any()
+    # in the data's units: each feature's imputed values lie within its observed range
+    for j in range(4):
+        filled = imputed[~observed[:, j] & ~empty, j]
+        lo, hi = np.nanmin(x[:, j]), np.nanmax(x[:, j])
+        assert ((filled > lo) & (filled < hi)).all()
+    assert list(outputs["imputed"].metadata.dimension_names) == ["sample", "feature"]

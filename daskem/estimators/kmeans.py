@@ -239,7 +239,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin,
                                   what="n_clusters", chunk_rows=self.chunk_rows,
                                   sample_size=self.sample_size, rng=rng,
                                   split_every=self.split_every, missing=self.missing)
-        self.n_empty_rows_ = summary.n_empty
+        self.n_empty_rows_, self.n_missing_values_ = summary.n_empty, summary.n_missing
         family = with_fixed(self, KMeansFamily(self.tol * float(np.mean(summary.variance)),
                                                self._marginalize))
         self.passes_ = data.passes  # counted live during the fit (progress reads it)

@@ -104,6 +104,19 @@ default "kmeans"
     (``n_init`` ignored) from the fitted parameters; ``verbose`` prints the best lower
     bound every ``verbose_interval`` passes. Fitted arrays are float32 for float32 data.
 
+    missing : {"error", "marginalize"}, default "error"
+        ``"error"``: a NaN is refused, naming its row. ``"marginalize"``: a NaN is a missing
+        value, treated as latent (Ghahramani & Jordan 1994): the E-step uses the density of
+        each row's observed features, the M-step the conditional expectations of the
+        missing ones and their conditional covariances, for every covariance type (see
+        :mod:`daskem.kernels.marginal`). ``lower_bound_``, ``score``, ``score_samples``,
+        ``predict`` and ``predict_proba`` use the observed part of each row, and ``impute``
+        fills the holes. A row with no observed value carries no information: it is left
+        out of the fit and of ``score`` (counted in ``n_empty_rows_``; the missing values
+        in ``n_missing_values_``), its ``predict`` is −1, its ``predict_proba`` and
+        ``score_samples`` NaN. Re-seeding candidates are complete rows;
+        ``init_params="k-means||"`` is not available.
+
     A component whose total responsibility falls below one average sample's weight has
     collapsed: it is re-seeded at the row the model explains worst, with the average
     covariance of the others (recorded in ``reseeds_``, reported with a
@@ -214,7 +227,7 @@ default "kmeans"
                                   what="n_components", chunk_rows=self.chunk_rows,
                                   sample_size=self.sample_size, rng=rng,
                                   split_every=self.split_every, missing=self.missing)
-        self.n_empty_rows_ = summary.n_empty
+        self.n_empty_rows_, self.n_missing_values_ = summary.n_empty, summary.n_missing
         user = self._user_init(data.n_features)
         self.passes_ = data.passes  # counted live during the fit (progress reads it)
 
@@ -379,7 +392,8 @@ default "kmeans"
     def impute(self, X):
         """``X`` with every NaN replaced by its conditional expectation under the fitted
         mixture, Σ_k r_k(x_o) E_k[x_m | x_o] (observed values unchanged; a row with nothing
-        observed gets the mixture's mean). Lazy for a Dask input. Any ``missing`` setting:
+        observed has nothing to condition on and stays NaN: its expectation would be the
+        mixture's mean, ``weights_ @ means_``). Lazy for a Dask input. Any ``missing`` setting:
         the model need not have been fitted with missing values."""
         self._check_fitted("means_")
         return per_sample(check_input(self, X, reset=False), self.n_features_in_, _impute,

@@ -155,6 +155,7 @@ def select_mixture(
     passes: dict | None = None,
     update: str = "batch",
     n_blocks: int = DEFAULT_BLOCKS,
+    missing: str = "error",
 ) -> Selection:
     """Fit every (size, covariance type) of a grid in shared passes and pick by BIC or AIC.
 
@@ -172,7 +173,7 @@ def select_mixture(
                     init_params=init_params, random_state=random_state,
                     assignment=assignment, fixed_variance=fixed_variance,
                     split_every=split_every, chunk_rows=chunk_rows, update=update,
-                    n_blocks=n_blocks)
+                    n_blocks=n_blocks, missing=missing)
     protos = [GaussianMixture(k, covariance_type=c, sample_size=sample_size, **settings)
               for k, c in cells]
     for est in protos:
@@ -184,7 +185,7 @@ def select_mixture(
         sample_size = default_sample_size(largest)
     data, summary = start_fit(X, sample_weight, n_components=largest, what="n_components",
                               chunk_rows=chunk_rows, sample_size=sample_size, rng=rng,
-                              split_every=split_every)
+                              split_every=split_every, missing=missing)
     if passes is not None:  # the caller's dict counts the passes as they are made
         passes.update(data.passes)
         data.passes = passes

@@ -1,7 +1,10 @@
 """Per-sample outputs written to Zarr from the workers, aligned with the source's rows.
 
 Every row of the source gets an output, rows with missing values included: their label is
-``-1`` and their responsibilities and log-likelihood are NaN. Plain sources get Zarr
+``-1`` and their responsibilities and log-likelihood are NaN (with ``missing:
+marginalize``, only rows with nothing observed; the others get the results of their
+observed part). ``imputed`` (mixtures) is the rows with every NaN replaced by its
+conditional expectation under the model. Plain sources get Zarr
 arrays (``labels`` (n,), ``responsibilities`` (n, K), ``log_likelihood`` (n,)); xarray
 sources get an xarray dataset over the source's sample dimensions, with its coordinates.
 Nothing of size n_samples passes through the client: each task writes its own chunk.
@@ -23,11 +26,30 @@ DESCRIPTIONS = {
     "responsibilities": "posterior probability of each component; NaN for rows with missing "
                         "values",
     "log_likelihood": "log p(x) under the model; NaN for rows with missing values",
+    "imputed": "the features, every missing value replaced by its conditional expectation "
+               "under the model (observed values unchanged)",
 }
 
 
-def _masked(x: np.ndarray, model, what: str) -> np.ndarray:
-    ok = np.isfinite(x).all(axis=1)
+def marginalizes(model) -> bool:
+    """Whether ``model`` (an estimator, or a pipeline ending in one) takes NaN as missing."""
+    final = model[-1] if hasattr(model, "steps") else model
+    return getattr(final, "missing", "error") == "marginalize"
+
+
+def _masked(x: np.ndarray, model, what: str, standardize=None) -> np.ndarray:
+    if what == "imputed":
+        if standardize is None:
+            return model.impute(x)
+        # ``x`` in the data's units, the model in standardised ones: the imputed values
+        # are brought back, the observed ones kept as they are.
+        mean, scale = standardize
+        out = model.impute((x - mean) / scale) * scale + mean
+        return np.where(np.isnan(x), out, x)
+    if marginalizes(model):  # a row needs one observed value (and no infinity)
+        ok = ~np.isinf(x).any(axis=1) & ~np.isnan(x).all(axis=1)
+    else:
+        ok = np.isfinite(x).all(axis=1)
     n = x.shape[0]
     if what == "labels":
         out = np.full(n, LABEL_FILL, dtype=np.int64)
@@ -44,11 +66,16 @@ def _masked(x: np.ndarray, model, what: str) -> np.ndarray:
     return out
 
 
-def per_row(model, full: da.Array, what: str) -> da.Array:
-    """A lazy per-row output of ``model`` over every row of ``full``."""
+def per_row(model, full: da.Array, what: str, standardize=None) -> da.Array:
+    """A lazy per-row output of ``model`` over every row of ``full`` (for ``imputed``
+    with ``standardize``, the ``(mean, scale)`` of the model's space: ``full`` is then in
+    the data's units)."""
     if what == "responsibilities":
         return full.map_blocks(_masked, model, what, dtype=np.float64,
                                chunks=(full.chunks[0], (model.n_components,)),
+                               name=f"daskem-output-{what}")
+    if what == "imputed":
+        return full.map_blocks(_masked, model, what, standardize, dtype=np.float64,
                                name=f"daskem-output-{what}")
     dtype = np.int64 if what == "labels" else np.float64
     return full.map_blocks(_masked, model, what, dtype=dtype, drop_axis=1,
@@ -63,7 +90,10 @@ def write_outputs(model, source: Source, which: list[str], target: str, group: s
     Every chunk is written, even one equal to the fill value (zarr leaves those out by
     default), so that a missing chunk always means a lost write.
     """
-    arrays = {what: per_row(model, source.full, what) for what in which}
+    arrays = {what: per_row(model, source.full, what) for what in which if what != "imputed"}
+    if "imputed" in which:
+        unscaled = source.full if source.unscaled is None else source.unscaled
+        arrays["imputed"] = per_row(model, unscaled, "imputed", source.standardize)
     if not arrays:
         return []
     with storage_errors("the outputs", _joined(target, group)):
@@ -122,7 +152,8 @@ def _write(arrays: dict, source: Source, target: str, group: str,
             out = node.create_array(
                 name, shape=arr.shape, chunks=arr.chunksize, dtype=arr.dtype,
                 fill_value=LABEL_FILL if name == "labels" else np.nan,
-                dimension_names=("sample", "component")[:arr.ndim], overwrite=True,
+                dimension_names=("sample", "feature" if name == "imputed" else
+                                 "component")[:arr.ndim], overwrite=True,
                 attributes={"description": DESCRIPTIONS[name]},
                 config={"write_empty_chunks": True})
             writes.append(da.to_zarr(arr, out, compute=False))
@@ -137,9 +168,13 @@ def _write(arrays: dict, source: Source, target: str, group: str,
         if arr.ndim == 1:
             variables[name] = (dims, arr.reshape(layout.shape))
         else:
-            variables[name] = (dims + ["component"],
+            variables[name] = (dims + ["feature" if name == "imputed" else "component"],
                                arr.reshape(layout.shape + (arr.shape[1],)))
-    ds = xr.Dataset(variables, coords={d: layout.coords[d] for d in dims})
+    coords = {d: layout.coords[d] for d in dims}
+    if "imputed" in arrays:
+        # variable-length strings: Zarr v3 has a specification for those
+        coords["feature"] = np.array(source.features, dtype=object)
+    ds = xr.Dataset(variables, coords=coords)
     for name, text in DESCRIPTIONS.items():
         if name in ds:
             ds[name].attrs["description"] = text

@@ -53,7 +53,7 @@ class DataConfig(Protocol):
     features: list[str] | None
     feature_dim: str | None
     sample_dims: list[str] | None
-    missing: str  # "error" | "drop"
+    missing: str  # "error" | "drop" | "marginalize"
     chunk_rows: int | None
     standardize: bool
     missing_chunks: str  # "error" | "fill"
@@ -225,6 +225,7 @@ class Source:
     notes: list[str] = field(default_factory=list)
     passes: dict = field(default_factory=dict)  # full reads made opening it, by policy
     first_row: int = 0  # the data's row that is row 0 here (a fit of the new rows only)
+    unscaled: da.Array | None = None  # ``full`` before standardisation (when standardized)
 
     @property
     def n_rows(self) -> int:
@@ -643,13 +644,19 @@ def open_source(cfg: DataConfig, *, standardize: tuple[np.ndarray, np.ndarray] |
             raise DataError(f"data.missing: every row of {cfg.path} has a missing value")
     if standardize is None and cfg.standardize:
         passes["standardize"] = 1
-        mean, std = dask.compute(X.mean(axis=0, dtype=np.float64),
-                                 X.std(axis=0, dtype=np.float64))
+        if cfg.missing == "marginalize":  # over each feature's observed values
+            mean, std = dask.compute(da.nanmean(X, axis=0, dtype=np.float64),
+                                     da.nanstd(X, axis=0, dtype=np.float64))
+        else:
+            mean, std = dask.compute(X.mean(axis=0, dtype=np.float64),
+                                     X.std(axis=0, dtype=np.float64))
         scale = np.where(std > 0, std, 1.0)
         standardize = (np.asarray(mean), np.asarray(scale))
         notes.append("standardized each feature to mean 0, variance 1")
+    unscaled = None
     if standardize is not None:
         mean, scale = standardize
+        unscaled = full
         full = ((full - mean) / scale).astype(full.dtype)
         X = ((X - mean) / scale).astype(X.dtype)
     if persist:
@@ -661,4 +668,4 @@ def open_source(cfg: DataConfig, *, standardize: tuple[np.ndarray, np.ndarray] |
     return Source(full=full, X=X, rows=rows, features=names, n_dropped=n_dropped,
                   layout=layout,
                   fingerprint=fingerprint, standardize=standardize, description=description,
-                  notes=notes, passes=passes)
+                  notes=notes, passes=passes, unscaled=unscaled)

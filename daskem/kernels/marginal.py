@@ -167,12 +167,10 @@ def marginal_log_prob(x: np.ndarray, mp: MarginalParams) -> np.ndarray:
 
 def conditional_mean(x: np.ndarray, mp: MarginalParams) -> np.ndarray:
     """Every NaN of rows ``x`` replaced by Σ_k r_k(x_o) E_k[x_m | x_o] (observed values kept;
-    a row with nothing observed gets the mixture's mean Σ_k π_k μ_k)."""
+    a row with nothing observed has nothing to condition on and stays NaN)."""
     x = np.array(x, dtype=np.float64)
     k, d = mp.means.shape
-    missing, _, partial, empty = split_rows(x)
-    if empty.size:
-        x[empty] = np.exp(mp.log_weights) @ mp.means
+    missing, _, partial, _ = split_rows(x)
     for m, rows in group_patterns(missing[partial]):
         rows = partial[rows]
         o = np.setdiff1d(np.arange(d), m)
