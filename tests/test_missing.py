@@ -409,7 +409,6 @@ def test_job_marginalizes_an_xarray_grid_and_writes_the_imputed_features(tmp_pat
     """`daskem run` with data.missing: marginalize and output.imputed on a grid whose
     features miss values of their own (and whole cells on the land mask)."""
     import xarray as xr
-
     from conftest import feature_store_module, run_cli, write_config
 
     import daskem
@@ -454,7 +453,6 @@ def test_job_marginalizes_an_xarray_grid_and_writes_the_imputed_features(tmp_pat
 
 def test_job_imputes_in_the_data_units_when_standardized(tmp_path):
     import zarr
-
     from conftest import run_cli, write_config
 
     x, _, _, _ = mixture_data(n=1200, seed=9, empty=2)
