@@ -253,6 +253,8 @@ class ModelRecord:
             "restarts": _plain(getattr(estimator, "restarts_", [])),
             "passes": _plain(getattr(estimator, "passes_", {})),
             "dtype": str(arrays[kind.arrays[0]].dtype),
+            "n_empty_rows": int(getattr(estimator, "n_empty_rows_", 0)),
+            "n_missing_values": int(getattr(estimator, "n_missing_values_", 0)),
         }
         if standardize is not None:
             attrs["standardize"] = standardization_attrs(standardize)
@@ -283,6 +285,9 @@ class ModelRecord:
             # with ``rows: new`` and for records of earlier daskem without a history).
             est.lower_bound_ = float(attrs["lower_bound"])
         est.restarts_ = list(attrs.get("restarts", []))
+        # (records of earlier daskem: no missing values then)
+        est.n_empty_rows_ = int(attrs.get("n_empty_rows", 0))
+        est.n_missing_values_ = int(attrs.get("n_missing_values", 0))
         est._set_passes(attrs.get("passes", {}))
         if attrs.get("feature_names_in") is not None:
             est.feature_names_in_ = np.asarray(attrs["feature_names_in"], dtype=object)

@@ -191,9 +191,9 @@ def new_rows(config: RunConfig, source: Source, warm: WarmModel | None) -> Sourc
     if source.layout is not None:
         raise ConfigError(f"{where}: reading only new rows works on Zarr arrays and .npy "
                           f"files; data.path {config.data.path} is read as an xarray dataset")
-    if config.data.missing != "error":
-        raise ConfigError(f"{where}: needs data.missing: error (rows dropped for missing "
-                          "values would shift which rows are new)")
+    if config.data.missing == "drop":
+        raise ConfigError(f"{where}: needs data.missing: error or marginalize (rows dropped "
+                          "for missing values would shift which rows are new)")
     start, n = int(warm.attrs["rows_end"]), source.n_rows
     if start > n:
         raise DataError(f"{where}: data.path {config.data.path} has {n:,} rows, fewer than "

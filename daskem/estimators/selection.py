@@ -213,6 +213,7 @@ def select_mixture(
         best = own[best_index(own, maximise=True)]
         est._set_state(best, data.n_features, data.dtype)
         est.restarts_ = restart_records(own)
+        est.n_empty_rows_, est.n_missing_values_ = summary.n_empty, summary.n_missing
         best_states.append(best)
     # One more pass: every candidate's log-likelihood under its final parameters.
     lls = evaluate(data, [gaussian_loglik_chunk] * len(protos),
