@@ -241,7 +241,8 @@ def test_per_sample_results_use_the_observed_part():
     # bic and aic as usual, from the observed-part log-likelihood
     n_param = gm._n_parameters()
     total = np.nansum(scores)
-    assert gm.bic(x) == pytest.approx(-2 * total + n_param * np.log(len(x)), rel=1e-10)
+    n_rows = int((~np.isnan(x).all(axis=1)).sum())  # rows with something observed
+    assert gm.bic(x) == pytest.approx(-2 * total + n_param * np.log(n_rows), rel=1e-10)
     assert gm.aic(x) == pytest.approx(-2 * total + 2 * n_param, rel=1e-10)
 
 
@@ -478,3 +479,20 @@ def test_job_imputes_in_the_data_units_when_standardized(tmp_path):
         lo, hi = np.nanmin(x[:, j]), np.nanmax(x[:, j])
         assert ((filled > lo) & (filled < hi)).all()
     assert list(outputs["imputed"].metadata.dimension_names) == ["sample", "feature"]
+
+
+def test_model_selection_with_missing_values():
+    from daskem.estimators.selection import select_mixture
+
+    x, _, _, _ = mixture_data(n=900, seed=11)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sel = select_mixture(x, [2, 3], ["full", "diag"], missing="marginalize",
+                             random_state=0)
+    best = sel.best_estimator_
+    assert best.missing == "marginalize" and best.n_empty_rows_ == np.isnan(x).all(1).sum()
+    table = sel.table()
+    chosen = min(table, key=lambda row: row["bic"])
+    assert (chosen["n_components"], chosen["covariance_type"]) == (
+        best.n_components, best.covariance_type)
+    assert chosen["bic"] == pytest.approx(best.bic(x), rel=1e-9)

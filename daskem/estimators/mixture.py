@@ -434,8 +434,9 @@ default "kmeans"
         return n_parameters(self.covariance_type, self.n_components, self._n_features())
 
     def bic(self, X) -> float:
-        """Bayesian information criterion of ``X`` (lower is better)."""
-        total, _, n = self._log_likelihood(X)
+        """Bayesian information criterion of ``X`` (lower is better); n counts the rows
+        with an observed value (all rows but for ``missing="marginalize"``)."""
+        total, n, _ = self._log_likelihood(X)
         return -2.0 * total + self._n_parameters() * np.log(n)
 
     def aic(self, X) -> float:

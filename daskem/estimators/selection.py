@@ -217,7 +217,8 @@ def select_mixture(
         best_states.append(best)
     # One more pass: every candidate's log-likelihood under its final parameters.
     lls = evaluate(data, [gaussian_loglik_chunk] * len(protos),
-                   [_kernel_params(est._params) for est in protos], phase="select",
+                   [_kernel_params(est._params, missing == "marginalize") for est in protos],
+                   phase="select",
                    label="loglik", split_every=split_every)
     candidates = []
     for (k, ctype), est, ll in zip(cells, protos, lls, strict=True):
