@@ -158,12 +158,12 @@ def kmeans_fused(x, w, shift, scorer, centers, block=BLOCK):
 
 
 @numba.njit(**_JIT)
-def _mixture(x, w, shift, weights_t, quad, hard, want_lse, block, gram, lse, skip):
-    n, d = x.shape
+def _mixture(x, w, shift, weights_t, quad, hard, want_lse, block, gram, lse, index, indexed):
+    d = x.shape[1]
+    n = index.shape[0] if indexed else x.shape[0]
     k, m = weights_t.shape
     q = m - d - 1
     weighted = w.shape[0] > 0
-    skipping = skip.shape[0] > 0
     wt = np.ascontiguousarray(weights_t.T)  # (m, K)
     feats = np.empty((block, m))
     resp = np.empty((block, k))
@@ -176,10 +176,9 @@ def _mixture(x, w, shift, weights_t, quad, hard, want_lse, block, gram, lse, ski
         b = stop - start
         fb = feats[:b]
         for i in range(b):
-            row = start + i
-            skipped = skipping and skip[row]
+            row = index[start + i] if indexed else start + i
             for j in range(d):
-                z[j] = 0.0 if skipped else x[row, j] - shift[j]
+                z[j] = x[row, j] - shift[j]
                 fb[i, q + j] = z[j]
             fb[i, m - 1] = 1.0
             if quad == 0:  # z_i z_j, i ≤ j, row-major upper triangle
@@ -200,7 +199,7 @@ def _mixture(x, w, shift, weights_t, quad, hard, want_lse, block, gram, lse, ski
         rb = resp[:b]
         np.dot(fb, wt, rb)  # log π_k N(x | μ_k, Σ_k)
         for i in range(b):
-            row = start + i
+            row = index[start + i] if indexed else start + i
             top = -np.inf
             best = 0
             for c in range(k):
@@ -221,17 +220,13 @@ def _mixture(x, w, shift, weights_t, quad, hard, want_lse, block, gram, lse, ski
                 total += e
             row_lse = math.log(total) + top if total > 0.0 else -np.inf
             wi = w[row] if weighted else 1.0
-            if skipping and skip[row]:  # weight 0, and never a far point
-                wi = 0.0
-                row_lse = np.inf
-                best_log = 0.0
             if hard:
                 objective += wi * best_log  # classification EM: log π_k N_k of the best
                 for c in range(k):
                     rb[i, c] = 0.0
                 rb[i, best] = wi
             else:
-                objective += wi * row_lse if wi != 0.0 else 0.0
+                objective += wi * row_lse
                 scale = wi / total if total > 0.0 else 0.0
                 for c in range(k):
                     rb[i, c] *= scale
@@ -246,7 +241,7 @@ def _mixture(x, w, shift, weights_t, quad, hard, want_lse, block, gram, lse, ski
 
 
 def mixture_fused(x, w, shift, weights_t, quad, hard=False, want_lse=False, block=BLOCK,
-                  skip=None):
+                  rows=None):
     """E-step of a chunk and the mixture's statistics, never holding more than a block.
 
     ``weights_t`` (K, m) gives ``log π_k N(x | μ_k, Σ_k) = weights_t[k] · F(x − shift)``
@@ -254,8 +249,8 @@ def mixture_fused(x, w, shift, weights_t, quad, hard=False, want_lse=False, bloc
     :mod:`daskem.kernels.covariance`). Returns ``(nk, s1, quad_sums, objective,
     weight_sum, lse)``: Σ r, Σ r z, Σ r q(z) per component, Σ w·log p(x) (or, ``hard``,
     the classification log-likelihood), Σ w, and every row's log p(x) when ``want_lse``
-    (else an empty array). Rows where ``skip`` (booleans) is true are not read: weight
-    0, their log p(x) +inf.
+    (else an empty array). ``rows``: only these rows are read (the others' log p(x) is
+    +inf).
     """
     x = np.ascontiguousarray(x)
     n, d = x.shape
@@ -263,11 +258,15 @@ def mixture_fused(x, w, shift, weights_t, quad, hard=False, want_lse=False, bloc
     w = np.empty(0) if w is None else np.ascontiguousarray(w, dtype=np.float64)
     gram = np.zeros((k, m))
     lse = np.empty(n if want_lse else 0)
+    if rows is not None:
+        lse[:] = np.inf
     objective, weight_sum = _mixture(
         x, w, np.ascontiguousarray(shift, dtype=np.float64),
         np.ascontiguousarray(weights_t, dtype=np.float64), int(quad), bool(hard),
         bool(want_lse), max(1, min(block, n)), gram, lse,
-        np.empty(0, dtype=np.bool_) if skip is None else np.ascontiguousarray(skip))
+        np.empty(0, dtype=np.int64) if rows is None else np.ascontiguousarray(rows,
+                                                                               dtype=np.int64),
+        rows is not None)
     q = m - d - 1
     return gram[:, -1].copy(), gram[:, q:q + d].copy(), gram[:, :q].copy(), objective, \
         weight_sum, lse

@@ -297,14 +297,14 @@ def gaussian_chunk_stats(x: np.ndarray, w: np.ndarray | None, offset: int,
 
 
 def _gaussian_compiled(x: np.ndarray, w: np.ndarray | None, offset: int,
-                       p: GaussianKernelParams, compiled, skip: np.ndarray | None = None,
+                       p: GaussianKernelParams, compiled, rows: np.ndarray | None = None,
                        ) -> Stats:
-    """The compiled mixture kernel over a chunk; rows where ``skip`` is true are left out
-    (not read, not counted, never far points)."""
+    """The compiled mixture kernel over a chunk (``rows``: only these rows; the others
+    are not read, not counted, never far points)."""
     kind = p.kind
-    stats = _chunk_stats_start(x, p.n_components, kind, p.far_capacity, count=skip is None)
+    stats = _chunk_stats_start(x, p.n_components, kind, p.far_capacity, count=rows is None)
     nk, s1, quad_sums, objective, weight_sum, lse = compiled.mixture_fused(
-        x, w, p.shift, p.weights_t, kind.quad, p.hard, p.far_capacity > 0, skip=skip)
+        x, w, p.shift, p.weights_t, kind.quad, p.hard, p.far_capacity > 0, rows=rows)
     stats.nk += nk
     stats.s1 += s1
     if kind.keeps_s2:
@@ -314,7 +314,7 @@ def _gaussian_compiled(x: np.ndarray, w: np.ndarray | None, offset: int,
     if p.far_capacity:
         far = stats.far.merge_block(
             -lse, x, lambda rows: np.argmax(gaussian_log_prob(x[rows], p), axis=1), w, offset)
-        if skip is not None:
+        if rows is not None:
             keep = np.isfinite(far.score)
             far = FarPoints(far.score[keep], far.index[keep], far.x[keep], far.label[keep],
                             far.weight[keep], far.capacity)
@@ -379,8 +379,7 @@ def has_nan(x: np.ndarray) -> bool:
 def _with_missing(x: np.ndarray, w: np.ndarray | None, offset: int, p: GaussianKernelParams,
                   compiled) -> Stats:
     """A chunk with NaN under ``missing="marginalize"``: its complete rows by today's path
-    (``compiled``: the compiled kernel over the whole chunk, skipping the other rows, so no
-    copy; else the NumPy twin on a copy of the complete rows), the rows with a missing
+    (``compiled``: the compiled kernel reading just those rows of the chunk, no copy; else the NumPy twin on a copy of the complete rows), the rows with a missing
     value through :func:`~daskem.kernels.marginal.marginal_stats` or its compiled twin
     (:func:`~daskem.kernels.compiled.marginal_fused`); rows with nothing observed are left
     out. Far points (re-seeding candidates) are complete rows."""
@@ -397,8 +396,9 @@ def _with_missing(x: np.ndarray, w: np.ndarray | None, offset: int, p: GaussianK
         marginal_kernel = marginal_stats
     else:
         per_row, n_inf = compiled.scan_missing(x)
-        stats = _gaussian_compiled(x, w, offset, plain, compiled, skip=per_row > 0)
-        stats.n_samples = int(np.count_nonzero(per_row == 0))
+        complete = np.flatnonzero(per_row == 0)
+        stats = _gaussian_compiled(x, w, offset, plain, compiled, rows=complete)
+        stats.n_samples = len(complete)
         partial = np.flatnonzero((per_row > 0) & (per_row < x.shape[1]))
         marginal_kernel = compiled.marginal_fused
     kind = p.kind
