@@ -270,6 +270,8 @@ def inspect(
                              "objective": record.objective,
                              "features": model["features"],
                              "rows_end": model.get("rows_end"),
+                             "n_missing_values": model.get("n_missing_values", 0),
+                             "n_empty_rows": model.get("n_empty_rows", 0),
                              "arrays": {k: list(v.shape) for k, v in record.arrays.items()}}
             if "weights" in record.arrays:
                 info["model"]["weights"] = [round(float(w), 6)
@@ -299,6 +301,9 @@ def inspect(
         if model:
             print(f"model: {model['kind']}, {model['n_iter']} iterations, converged "
                   f"{model['converged']}, {model['objective_name']} {model['objective']:.10g}")
+            if model["n_missing_values"]:
+                print(f"  missing values: {model['n_missing_values']:,} marginalized; "
+                      f"{model['n_empty_rows']:,} row(s) with nothing observed left out")
             for name, shape in model["arrays"].items():
                 note = ("  (its last M-step's statistics, packed: a warm start with rows: "
                         f"new holds them fixed; rows 0 to {model['rows_end']:,})"

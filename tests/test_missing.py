@@ -450,6 +450,8 @@ def test_job_marginalizes_an_xarray_grid_and_writes_the_imputed_features(tmp_pat
     labels = out.labels.values.reshape(-1)
     assert (labels[empty] == -1).all() and (labels[~empty] >= 0).all()
     np.testing.assert_array_equal(labels[~empty], ref.predict(rows[~empty]))
+    shown = run_cli("inspect", str(store)).stdout
+    assert f"missing values: {n_missing:,} marginalized; {empty.sum():,} row(s)" in shown
 
 
 def test_job_imputes_in_the_data_units_when_standardized(tmp_path):
@@ -496,3 +498,25 @@ def test_model_selection_with_missing_values():
     assert (chosen["n_components"], chosen["covariance_type"]) == (
         best.n_components, best.covariance_type)
     assert chosen["bic"] == pytest.approx(best.bic(x), rel=1e-9)
+
+
+def test_kmeans_job_with_missing_values(tmp_path):
+    import zarr
+    from conftest import run_cli, write_config
+
+    from daskem import KMeans
+
+    x, _, _, _ = mixture_data(n=1500, seed=12, empty=4)
+    path = tmp_path / "x.zarr"
+    zarr.open_group(str(path), mode="w").create_array("X", data=x, chunks=(250, 4))
+    store = tmp_path / "km.zarr"
+    cfg = write_config(tmp_path, "km", data={"path": str(path), "missing": "marginalize"},
+                       model={"kind": "kmeans", "n_components": 3, "n_init": 2},
+                       run={"store": str(store)})
+    result = run_cli("run", str(cfg))
+    assert result.returncode == 0, result.stderr
+    ref = KMeans(3, n_init=2, random_state=0, missing="marginalize").fit(
+        da.from_array(x, chunks=(250, 4)))
+    labels = zarr.open_group(str(store), path="outputs", mode="r")["labels"][:]
+    np.testing.assert_array_equal(labels, np.asarray(ref.labels_))
+    assert (labels[np.isnan(x).all(axis=1)] == -1).all()
