@@ -157,6 +157,44 @@ def kmeans_fused(x, w, shift, scorer, centers, block=BLOCK):
     return labels, dist_sq, nk, s1, objective, weight_sum, margin
 
 
+@numba.njit(inline="always", **_JIT)
+def _responsibilities(values, wi, hard):
+    """One row, in place: its log π_k N_k (``values``) become its responsibilities times
+    the row's weight ``wi`` (``hard``: all of ``wi`` on the most probable component).
+    Returns (the row's term of the objective, its log p(x)).
+
+    exp(v − top) is taken for the components within NEGLIGIBLE of the best; the others'
+    terms are below 2⁻⁵³ of the largest (1), do not change the sum, and skipping their exp
+    (the costly part: it does not vectorise) leaves them at zero.
+    """
+    k = values.shape[0]
+    top = -np.inf
+    best = 0
+    for c in range(k):
+        if values[c] > top:
+            top = values[c]
+            best = c
+    best_log = top
+    if not np.isfinite(top):
+        top = 0.0  # no component explains the row (all −inf): zero responsibility
+    total = 0.0
+    for c in range(k):
+        e = values[c] - top
+        e = math.exp(e) if e > NEGLIGIBLE else 0.0
+        values[c] = e
+        total += e
+    row_lse = math.log(total) + top if total > 0.0 else -np.inf
+    if hard:  # classification EM: the objective is log π_k N_k of the best
+        for c in range(k):
+            values[c] = 0.0
+        values[best] = wi
+        return wi * best_log, row_lse
+    scale = wi / total if total > 0.0 else 0.0
+    for c in range(k):
+        values[c] *= scale
+    return wi * row_lse, row_lse
+
+
 @numba.njit(**_JIT)
 def _mixture(x, w, shift, weights_t, quad, hard, want_lse, block, gram, lse, index, indexed):
     d = x.shape[1]
@@ -200,36 +238,9 @@ def _mixture(x, w, shift, weights_t, quad, hard, want_lse, block, gram, lse, ind
         np.dot(fb, wt, rb)  # log π_k N(x | μ_k, Σ_k)
         for i in range(b):
             row = index[start + i] if indexed else start + i
-            top = -np.inf
-            best = 0
-            for c in range(k):
-                if rb[i, c] > top:
-                    top = rb[i, c]
-                    best = c
-            best_log = top
-            if not np.isfinite(top):
-                top = 0.0  # no component explains the row (all −inf): zero responsibility
-            # exp(v − top) for the components within NEGLIGIBLE of the best; the others'
-            # terms are below 2⁻⁵³ of the largest (1), do not change the sum, and skipping
-            # their exp (the costly part: it does not vectorise) leaves them at zero.
-            total = 0.0
-            for c in range(k):
-                e = rb[i, c] - top
-                e = math.exp(e) if e > NEGLIGIBLE else 0.0
-                rb[i, c] = e
-                total += e
-            row_lse = math.log(total) + top if total > 0.0 else -np.inf
             wi = w[row] if weighted else 1.0
-            if hard:
-                objective += wi * best_log  # classification EM: log π_k N_k of the best
-                for c in range(k):
-                    rb[i, c] = 0.0
-                rb[i, best] = wi
-            else:
-                objective += wi * row_lse
-                scale = wi / total if total > 0.0 else 0.0
-                for c in range(k):
-                    rb[i, c] *= scale
+            term, row_lse = _responsibilities(rb[i], wi, hard)
+            objective += term
             weight_sum += wi
             if want_lse:
                 lse[row] = row_lse
@@ -307,6 +318,25 @@ def _spd_inverse(a, r, inv, low, low_inv):
 
 
 @numba.njit(**_JIT)
+def _pattern_factors(prec, missing_row, mi, cond, ld_mm, scratch):
+    """For the missingness pattern ``missing_row``: the missing features' indices into
+    ``mi``, and per component Λ_mm⁻¹ into ``cond[c, :nm, :nm]`` and log det Λ_mm into
+    ``ld_mm``; returns nm, the number of missing features (``scratch``: (3, d, d))."""
+    nm = 0
+    for j in range(missing_row.shape[0]):
+        if missing_row[j]:
+            mi[nm] = j
+            nm += 1
+    lmm = scratch[0]
+    for c in range(prec.shape[0]):
+        for a in range(nm):
+            for b2 in range(nm):
+                lmm[a, b2] = prec[c, mi[a], mi[b2]]
+        ld_mm[c] = _spd_inverse(lmm, nm, cond[c], scratch[1], scratch[2])
+    return nm
+
+
+@numba.njit(**_JIT)
 def _marginal_shared(x, w, order, pattern, missing, shift, weights_t, means, prec, log_w,
                      hard, block, gram, extra, s1_extra, pattern_mass):
     """Full and tied: the E-step of rows with missing values through the complete-data
@@ -379,17 +409,8 @@ def _marginal_shared(x, w, order, pattern, missing, shift, weights_t, means, pre
             row = order[start + i]
             if pattern[start + i] != current:
                 current = pattern[start + i]
-                nm = 0
-                for j in range(d):
-                    if missing[row, j]:
-                        mi[nm] = j
-                        nm += 1
-                lmm = scratch[0]
+                nm = _pattern_factors(prec, missing[row], mi, cond, ld_mm, scratch)
                 for c in range(k):
-                    for a in range(nm):
-                        for b2 in range(nm):
-                            lmm[a, b2] = prec[c, mi[a], mi[b2]]
-                    ld_mm[c] = _spd_inverse(lmm, nm, cond[c], scratch[1], scratch[2])
                     const = 0.0
                     for a in range(nm):
                         ca = centred[c, mi[a]]
@@ -422,33 +443,9 @@ def _marginal_shared(x, w, order, pattern, missing, shift, weights_t, means, pre
                 rb[i, c] += adjust[c] + corr + 0.5 * quad
         for i in range(b):
             row = order[start + i]
-            top = -np.inf
-            best = 0
-            for c in range(k):
-                if rb[i, c] > top:
-                    top = rb[i, c]
-                    best = c
-            best_log = top
-            if not np.isfinite(top):
-                top = 0.0
-            total = 0.0
-            for c in range(k):
-                ex = rb[i, c] - top
-                ex = math.exp(ex) if ex > NEGLIGIBLE else 0.0
-                rb[i, c] = ex
-                total += ex
-            row_lse = math.log(total) + top if total > 0.0 else -np.inf
             wi = w[row] if weighted else 1.0
-            if hard:
-                objective += wi * best_log
-                for c in range(k):
-                    rb[i, c] = 0.0
-                rb[i, best] = wi
-            else:
-                objective += wi * row_lse
-                scale = wi / total if total > 0.0 else 0.0
-                for c in range(k):
-                    rb[i, c] *= scale
+            term, _ = _responsibilities(rb[i], wi, hard)
+            objective += term
             weight_sum += wi
         np.dot(rb.T, fb, part)
         for c in range(k):
@@ -479,27 +476,18 @@ def _add_conditional_covariances(extra, pattern_mass, order, pattern, missing, p
     k, d = prec.shape[0], prec.shape[1]
     mi = np.empty(d, dtype=np.int64)
     scratch = np.zeros((3, d, d))
-    cond = np.empty((d, d))
+    cond = np.empty((k, d, d))
+    ld_mm = np.empty(k)
     start = 0
     for g in range(pattern_mass.shape[0]):
         while pattern[start] != g:
             start += 1
-        row = order[start]
-        nm = 0
-        for j in range(d):
-            if missing[row, j]:
-                mi[nm] = j
-                nm += 1
-        lmm = scratch[0]
+        nm = _pattern_factors(prec, missing[order[start]], mi, cond, ld_mm, scratch)
         for c in range(k):
-            for a in range(nm):
-                for b2 in range(nm):
-                    lmm[a, b2] = prec[c, mi[a], mi[b2]]
-            _spd_inverse(lmm, nm, cond, scratch[1], scratch[2])
             mass = pattern_mass[g, c]
             for a in range(nm):
                 for b2 in range(a, nm):
-                    extra[c, mi[a], mi[b2]] += mass * cond[a, b2]
+                    extra[c, mi[a], mi[b2]] += mass * cond[c, a, b2]
 
 
 @numba.njit(**_JIT)
@@ -533,33 +521,9 @@ def _marginal_diagonal(x, w, means, prec, log_w, log_det, shift, hard, nk, s1, s
                     t = v - means[c, j]
                     acc -= 0.5 * lam[c, j] * t * t
             logp[c] = acc
-        top = -np.inf
-        best = 0
-        for c in range(k):
-            if logp[c] > top:
-                top = logp[c]
-                best = c
-        best_log = top
-        if not np.isfinite(top):
-            top = 0.0
-        total = 0.0
-        for c in range(k):
-            e = logp[c] - top
-            e = math.exp(e) if e > NEGLIGIBLE else 0.0
-            logp[c] = e
-            total += e
-        row_lse = math.log(total) + top if total > 0.0 else -np.inf
         wi = w[row] if weighted else 1.0
-        if hard:
-            objective += wi * best_log
-            for c in range(k):
-                logp[c] = 0.0
-            logp[best] = wi
-        else:
-            objective += wi * row_lse
-            scale = wi / total if total > 0.0 else 0.0
-            for c in range(k):
-                logp[c] *= scale
+        term, _ = _responsibilities(logp, wi, hard)
+        objective += term
         weight_sum += wi
         for c in range(k):
             r = logp[c]

@@ -303,17 +303,13 @@ def _gaussian_compiled(x: np.ndarray, w: np.ndarray | None, offset: int,
     are not read, not counted, never far points)."""
     kind = p.kind
     stats = _chunk_stats_start(x, p.n_components, kind, p.far_capacity, count=rows is None)
-    nk, s1, quad_sums, objective, weight_sum, lse = compiled.mixture_fused(
+    *sums, lse = compiled.mixture_fused(
         x, w, p.shift, p.weights_t, kind.quad, p.hard, p.far_capacity > 0, rows=rows)
-    stats.nk += nk
-    stats.s1 += s1
-    if kind.keeps_s2:
-        stats.s2 += kind.s2_from_quad(quad_sums)
-    stats.objective += objective
-    stats.weight_sum += weight_sum
+    _add_sums(stats, kind, *sums)
     if p.far_capacity:
         far = stats.far.merge_block(
-            -lse, x, lambda rows: np.argmax(gaussian_log_prob(x[rows], p), axis=1), w, offset)
+            -lse, x, lambda picked: np.argmax(gaussian_log_prob(x[picked], p), axis=1), w,
+            offset)
         if rows is not None:
             keep = np.isfinite(far.score)
             far = FarPoints(far.score[keep], far.index[keep], far.x[keep], far.label[keep],
@@ -376,11 +372,23 @@ def has_nan(x: np.ndarray) -> bool:
     return bool(np.isnan(x).any())
 
 
+def _add_sums(stats: Stats, kind: CovarianceType, nk, s1, quad_sums, objective,
+              weight_sum) -> None:
+    """``stats`` += a kernel's sums (Σ r, Σ r z, Σ r q(z), objective, Σ w)."""
+    stats.nk += nk
+    stats.s1 += s1
+    if kind.keeps_s2:
+        stats.s2 += kind.s2_from_quad(quad_sums)
+    stats.objective += objective
+    stats.weight_sum += weight_sum
+
+
 def _with_missing(x: np.ndarray, w: np.ndarray | None, offset: int, p: GaussianKernelParams,
                   compiled) -> Stats:
     """A chunk with NaN under ``missing="marginalize"``: its complete rows by today's path
-    (``compiled``: the compiled kernel reading just those rows of the chunk, no copy; else the NumPy twin on a copy of the complete rows), the rows with a missing
-    value through :func:`~daskem.kernels.marginal.marginal_stats` or its compiled twin
+    (``compiled``: the compiled kernel reading just those rows of the chunk, no copy; else
+    the NumPy twin on a copy of the complete rows), the rows with a missing value through
+    :func:`~daskem.kernels.marginal.marginal_stats` or its compiled twin
     (:func:`~daskem.kernels.compiled.marginal_fused`); rows with nothing observed are left
     out. Far points (re-seeding candidates) are complete rows."""
     plain = replace(p, marginal=None)
@@ -403,14 +411,8 @@ def _with_missing(x: np.ndarray, w: np.ndarray | None, offset: int, p: GaussianK
         marginal_kernel = compiled.marginal_fused
     kind = p.kind
     wp = None if w is None else np.asarray(w, dtype=np.float64)[partial]
-    nk, s1, quad_sums, objective, weight_sum = marginal_kernel(
-        x[partial], wp, p.marginal, p.shift, kind.quad, kind.keeps_s2, p.hard)
-    stats.nk += nk
-    stats.s1 += s1
-    if kind.keeps_s2:
-        stats.s2 += kind.s2_from_quad(quad_sums)
-    stats.objective += objective
-    stats.weight_sum += weight_sum
+    _add_sums(stats, kind, *marginal_kernel(x[partial], wp, p.marginal, p.shift, kind.quad,
+                                            kind.keeps_s2, p.hard))
     stats.n_samples += len(partial)
     stats.n_nonfinite = n_inf
     return stats
