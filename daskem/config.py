@@ -369,8 +369,10 @@ def _format_error(error: dict) -> str:
         isinstance(error.get("input"), dict) else f"{path}: {message}"
 
 
-def parse_config(raw: Any, source: str = "config") -> RunConfig:
-    """Validate a mapping (from YAML) into a :class:`RunConfig`."""
+def parse_config(raw: Any, source: str = "config",
+                 assignments: dict[str, str] | None = None) -> RunConfig:
+    """Validate a mapping (from YAML) into a :class:`RunConfig`; an error in a key set by
+    ``--set`` (``assignments``: key path → the assignment) names that ``--set``."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of sections (data, model, run, ...)")
     try:
@@ -381,10 +383,13 @@ def parse_config(raw: Any, source: str = "config") -> RunConfig:
             if error["type"] == "literal_error" and isinstance(error["input"], dict):
                 continue  # a mapping given where a name or a mapping may go: the other
                 # member of the union says what is wrong with the mapping
-            if _error_path(error) not in seen:
-                seen.add(_error_path(error))
-                lines.append(_format_error(error))
-        raise ConfigError(f"{source}: " + "; ".join(lines)) from None
+            path = _error_path(error)
+            if path not in seen:
+                seen.add(path)
+                given = (assignments or {}).get(path)
+                lines.append(f"--set {given!r}: " + _format_error(error) if given else
+                             f"{source}: " + _format_error(error))
+        raise ConfigError("; ".join(lines)) from None
 
 
 def _set_override(raw: dict, assignment: str) -> None:
@@ -434,7 +439,8 @@ def load_config(path: str | Path, overrides: list[str] | tuple = ()) -> RunConfi
         if not isinstance(raw, dict):
             break
         _set_override(raw, assignment)
+    assignments = {a.partition("=")[0].strip(): a for a in overrides}
     # Relative paths inside are relative to the current directory, where the user typed
     # the command; they are made absolute here, before any worker sees them.
-    return parse_config(raw, str(path)).absolute()
+    return parse_config(raw, str(path), assignments).absolute()
 

@@ -78,6 +78,11 @@ def test_overrides(tmp_path):
     assert config.model.n_components == 12 and config.model.covariance_type == "diag"
     with pytest.raises(ConfigError, match="expected key.path=value"):
         load_config(write(tmp_path, BASE), ["model.n_components"])
+    # A bad value given by --set names the --set, not the file.
+    with pytest.raises(ConfigError, match=re.escape(
+            "--set 'data.missing=marginalise': data.missing: expected one of 'error', "
+            "'drop', 'marginalize'")):
+        load_config(write(tmp_path, BASE), ["data.missing=marginalise"])
 
 
 def test_python_tags_are_refused(tmp_path):
