@@ -361,6 +361,7 @@ def fit(plan: Plan, source: Source, reporter: Reporter):
     rows = source.rows if source.rows is not None else source.X
     if config.select is not None:
         selection = fit_selection(config, rows, store, reporter)
+        report_missing(selection.best_estimator_, source, reporter)
         return selection.best_estimator_, selection
     estimator = build_estimator(config, **warm_start(config, source, warm))
     if warm is not None:
