@@ -520,3 +520,25 @@ def test_kmeans_job_with_missing_values(tmp_path):
     labels = zarr.open_group(str(store), path="outputs", mode="r")["labels"][:]
     np.testing.assert_array_equal(labels, np.asarray(ref.labels_))
     assert (labels[np.isnan(x).all(axis=1)] == -1).all()
+
+
+def test_edges_of_the_empty_row_policy():
+    from daskem.io.outputs import _masked
+
+    x, full, means, covs = mixture_data(n=400, seed=13)
+    gm = fit_marginal(x, "full", np.full(3, 1 / 3), means, covs, 3)
+    # a partial_fit batch with nothing observed: a clear error, not a division by zero
+    with pytest.raises(DataError, match="no row with an observed value"):
+        gm.partial_fit(np.full((5, 4), np.nan))
+    # every row with an observed value weighs nothing: refused as weights summing to zero
+    y = x[:20].copy()
+    y[:10] = np.nan
+    with pytest.raises(DataError, match="sums to zero"):
+        GaussianMixture(2, missing="marginalize").fit(
+            y, sample_weight=np.r_[np.ones(10), np.zeros(10)])
+    # the imputed output of a row holding an infinity (missing: drop keeps it there) is NaN
+    z = x[3:8].copy()
+    z[0, 1] = np.inf
+    out = _masked(z, gm, "imputed")
+    assert np.isnan(out[0]).all() and not np.isnan(out[1:][~np.isnan(z[1:]).all(1)]).any()
+    assert out.dtype == np.float64

@@ -354,6 +354,9 @@ default "kmeans"
         kparams = family.kernel_params(self._params, data.dtype)
         (stats,) = evaluate(data, [family.kernel], [kparams], label="partial",
                             split_every=self.split_every)
+        if not stats.weight_sum > 0:
+            raise DataError("the batch has no row with an observed value and a positive "
+                            "weight: nothing to update the model with")
         lower_bound = family.objective(stats, self.n_iter_)
         running = getattr(self, "_running", None)
         if running is None:

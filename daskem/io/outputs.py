@@ -24,8 +24,10 @@ DESCRIPTIONS = {
     "labels": f"the most probable component or nearest center; {LABEL_FILL} for rows with "
               "missing values",
     "responsibilities": "posterior probability of each component; NaN for rows with missing "
-                        "values",
-    "log_likelihood": "log p(x) under the model; NaN for rows with missing values",
+                        "values (with missing: marginalize, rows with nothing observed)",
+    "log_likelihood": "log p(x) under the model (of the observed part, with missing: "
+                      "marginalize); NaN for rows with missing values (with marginalize, "
+                      "rows with nothing observed)",
     "imputed": "the features, every missing value replaced by its conditional expectation "
                "under the model (observed values unchanged)",
 }
@@ -39,13 +41,21 @@ def marginalizes(model) -> bool:
 
 def _masked(x: np.ndarray, model, what: str, standardize=None) -> np.ndarray:
     if what == "imputed":
+        # Rows holding an infinity (kept in the outputs by missing: drop) get fill values.
+        out = np.full(x.shape, np.nan)
+        ok = ~np.isinf(x).any(axis=1)
+        if not ok.any():
+            return out
+        xs = x[ok]
         if standardize is None:
-            return model.impute(x)
+            out[ok] = model.impute(xs)
+            return out
         # ``x`` in the data's units, the model in standardised ones: the imputed values
         # are brought back, the observed ones kept as they are.
         mean, scale = standardize
-        out = model.impute((x - mean) / scale) * scale + mean
-        return np.where(np.isnan(x), out, x)
+        filled = model.impute((xs - mean) / scale) * scale + mean
+        out[ok] = np.where(np.isnan(xs), filled, xs)
+        return out
     if marginalizes(model):  # a row needs one observed value (and no infinity)
         ok = ~np.isinf(x).any(axis=1) & ~np.isnan(x).all(axis=1)
     else:

@@ -311,7 +311,7 @@ def _gaussian_compiled(x: np.ndarray, w: np.ndarray | None, offset: int,
             -lse, x, lambda picked: np.argmax(gaussian_log_prob(x[picked], p), axis=1), w,
             offset)
         if rows is not None:
-            keep = np.isfinite(far.score)
+            keep = far.score > -np.inf  # the rows not read
             far = FarPoints(far.score[keep], far.index[keep], far.x[keep], far.label[keep],
                             far.weight[keep], far.capacity)
         stats.far = far

@@ -131,7 +131,7 @@ def summarise_chunk(x: np.ndarray, w: np.ndarray | None, offset: int,
                            < request.probability) & ~empty)
     return Summary(
         n_samples=n,
-        weight_sum=float(w.sum()),
+        weight_sum=float(w[~empty].sum()),  # rows with nothing observed weigh nothing
         mean=mean,
         m2=m2,
         n_nonfinite=n_nonfinite,
