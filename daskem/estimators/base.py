@@ -25,10 +25,25 @@ from daskem.engine.reduce import dense_chunk, span
 from daskem.errors import DataError, NotFittedError, ParameterError
 from daskem.kernels.summary import Summary
 
+# What a NaN is: an error naming its row, or a missing value (see daskem.kernels.marginal).
+MISSING = ("error", "marginalize")
+
 
 class DaskemEstimator(BaseEstimator):
     """scikit-learn's ``BaseEstimator`` (``get_params``/``set_params``, ``clone``, the
     repr, tags, feature-name checks) and what daskem's estimators add to it."""
+
+    @property
+    def _marginalize(self) -> bool:
+        return self.missing == "marginalize"
+
+    def _check_missing(self, init_name: str, init, default: str) -> None:
+        """``missing`` is valid, and the init ``init_name`` works with it (k-means|| does
+        not take missing values)."""
+        check_choice("missing", self.missing, MISSING)
+        if self._marginalize and isinstance(init, str) and init == "k-means||":
+            raise ParameterError(f"{init_name}='k-means||' is not available with "
+                                 f"missing='marginalize'; use {default!r} (the default)")
 
     def _set_passes(self, passes: dict) -> None:
         """``passes_``: the full reads of the data the fit made, by phase (summary,

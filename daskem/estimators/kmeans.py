@@ -45,7 +45,6 @@ INITS = ("k-means||", "k-means++", "random")
 # Elkan's per-row bounds, (n_samples × n_clusters) of state kept between passes, do not
 # pay for themselves when a pass is bound by reading the data.
 ALGORITHMS = ("lloyd", "elkan")
-MISSING = ("error", "marginalize")
 
 
 def _labels(x: np.ndarray, centers: np.ndarray, marginalize: bool = False) -> np.ndarray:
@@ -189,10 +188,6 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin,
         return tags
 
     @property
-    def _marginalize(self) -> bool:
-        return self.missing == "marginalize"
-
-    @property
     def _n_features_out(self) -> int:
         """Columns of ``transform``: one per center (``get_feature_names_out``)."""
         return self.cluster_centers_.shape[0]
@@ -207,10 +202,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin,
         check_choice("update", self.update, UPDATES)
         check_int("n_blocks", self.n_blocks, 1)
         check_choice("algorithm", self.algorithm, ALGORITHMS)
-        check_choice("missing", self.missing, MISSING)
-        if self._marginalize and isinstance(self.init, str) and self.init == "k-means||":
-            raise ParameterError("init='k-means||' is not available with "
-                                 "missing='marginalize'; use 'k-means++' (the default)")
+        self._check_missing("init", self.init, "k-means++")
         is_array = not isinstance(self.init, str) and not callable(self.init)
         if isinstance(self.init, str):
             check_choice("init", self.init, INITS)

@@ -43,7 +43,6 @@ from daskem.kernels.random import spawn_seeds
 
 INIT_PARAMS = ("kmeans", "k-means||", "k-means++", "random", "random_from_data")
 ASSIGNMENTS = ("soft", "hard")
-MISSING = ("error", "marginalize")
 
 
 def _kernel_params(params: GaussianParams, marginalize: bool = False) -> GaussianKernelParams:
@@ -173,14 +172,7 @@ default "kmeans"
         check_float("fixed_variance", self.fixed_variance, 0.0, strict=True)
         check_choice("update", self.update, UPDATES)
         check_int("n_blocks", self.n_blocks, 1)
-        check_choice("missing", self.missing, MISSING)
-        if self._marginalize and self.init_params == "k-means||":
-            raise ParameterError("init_params='k-means||' is not available with "
-                                 "missing='marginalize'; use 'kmeans' (the default)")
-
-    @property
-    def _marginalize(self) -> bool:
-        return self.missing == "marginalize"
+        self._check_missing("init_params", self.init_params, "kmeans")
 
     def _user_init(self, n_features: int) -> dict:
         k, ctype = self.n_components, self.covariance_type

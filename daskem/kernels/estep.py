@@ -93,14 +93,19 @@ def block_rows(n_rows: int, width: int) -> int:
     return int(max(1, min(rows, n_rows)))
 
 
-def count_nonfinite(x: np.ndarray) -> int:
-    """Number of NaN and ±inf values; a plain sum answers "none" without a mask in the
-    common case (NaN and inf propagate through it)."""
-    if x.dtype.kind != "f":
-        return 0
+def _all_finite(x: np.ndarray) -> bool:
+    """True when ``x`` surely holds no NaN or ±inf: a plain sum answers without a mask in
+    the common case (NaN and inf propagate through it)."""
+    if x.dtype.kind != "f" or x.size == 0:
+        return True
     with np.errstate(over="ignore", invalid="ignore"):
-        if np.isfinite(x.sum(dtype=np.float64)):
-            return 0
+        return bool(np.isfinite(x.sum(dtype=np.float64)))
+
+
+def count_nonfinite(x: np.ndarray) -> int:
+    """Number of NaN and ±inf values."""
+    if _all_finite(x):
+        return 0
     return int(x.size - np.count_nonzero(np.isfinite(x)))
 
 
@@ -269,7 +274,7 @@ def gaussian_log_prob(x: np.ndarray, p: GaussianKernelParams) -> np.ndarray:
     with nothing observed NaN.
     """
     if p.marginal is not None and has_nan(x):
-        missing, complete, partial, empty = split_rows(x)
+        _, complete, partial, _ = split_rows(x)
         out = np.full((x.shape[0], p.n_components), np.nan)
         out[complete] = gaussian_log_prob(x[complete], replace(p, marginal=None))
         out[partial] = marginal_log_prob(x[partial], p.marginal)
@@ -362,14 +367,20 @@ def gaussian_chunk_stats_numpy(x: np.ndarray, w: np.ndarray | None, offset: int,
 
 
 def has_nan(x: np.ndarray) -> bool:
-    """Whether ``x`` holds a NaN (a plain sum answers "no" without a mask when it is
-    finite)."""
-    if x.dtype.kind != "f" or x.size == 0:
-        return False
-    with np.errstate(over="ignore", invalid="ignore"):
-        if np.isfinite(x.sum(dtype=np.float64)):
-            return False
-    return bool(np.isnan(x).any())
+    """Whether ``x`` holds a NaN."""
+    return not _all_finite(x) and bool(np.isnan(x).any())
+
+
+def _complete_rows_stats(kernel, x: np.ndarray, w: np.ndarray | None, offset: int,
+                         complete: np.ndarray, plain) -> Stats:
+    """``kernel`` on a copy of the ``complete`` rows of a chunk, its far points named by
+    their rows in the whole data."""
+    stats = kernel(np.ascontiguousarray(x[complete]),
+                   None if w is None else np.asarray(w)[complete], 0, plain)
+    far = stats.far
+    stats.far = FarPoints(far.score, complete[far.index].astype(np.int64) + offset, far.x,
+                          far.label, far.weight, far.capacity)
+    return stats
 
 
 def _add_sums(stats: Stats, kind: CovarianceType, nk, s1, quad_sums, objective,
@@ -395,12 +406,7 @@ def _with_missing(x: np.ndarray, w: np.ndarray | None, offset: int, p: GaussianK
     if compiled is None:
         _, complete, partial, _ = split_rows(x)
         n_inf = int(np.isinf(x).sum())
-        stats = gaussian_chunk_stats_numpy(np.ascontiguousarray(x[complete]),
-                                           None if w is None else np.asarray(w)[complete], 0,
-                                           plain)
-        far = stats.far
-        stats.far = FarPoints(far.score, complete[far.index].astype(np.int64) + offset, far.x,
-                              far.label, far.weight, far.capacity)
+        stats = _complete_rows_stats(gaussian_chunk_stats_numpy, x, w, offset, complete, plain)
         marginal_kernel = marginal_stats
     else:
         per_row, n_inf = compiled.scan_missing(x)
@@ -570,12 +576,8 @@ def _kmeans_with_missing(x: np.ndarray, w: np.ndarray | None, offset: int,
     counted per feature (``Stats.counts``); rows with nothing observed left out. The
     label-stability margin is 0 (no proof that labels stay: the fit stops on ``tol``)."""
     _, complete, partial, _ = split_rows(x)
-    plain = replace(p, marginalize=False)
-    stats = complete_kernel(np.ascontiguousarray(x[complete]),
-                            None if w is None else np.asarray(w)[complete], 0, plain)
-    far = stats.far
-    stats.far = FarPoints(far.score, complete[far.index].astype(np.int64) + offset, far.x,
-                          far.label, far.weight, far.capacity)
+    stats = _complete_rows_stats(complete_kernel, x, w, offset, complete,
+                                 replace(p, marginalize=False))
     xp = np.asarray(x[partial], dtype=np.float64)
     wp = np.ones(len(partial)) if w is None else np.asarray(w, dtype=np.float64)[partial]
     centers = p.centers.astype(np.float64)

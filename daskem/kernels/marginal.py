@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from daskem.kernels.covariance import LOG_2PI, QUAD_NORM, QUAD_OUTER, QUAD_SQUARE, pack_symmetric
+from daskem.kernels.covariance import LOG_2PI, QUAD_OUTER, QUAD_SQUARE, pack_symmetric
 
 # Rows × components × features held at once by one sub-block (4 MiB of float64).
 SUBBLOCK_ELEMENTS = 1 << 19
@@ -116,10 +116,22 @@ def pattern_factors(mp: MarginalParams, m: np.ndarray) -> tuple[np.ndarray, np.n
     return cond_cov, 2.0 * np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1)
 
 
-def _subblocks(rows: np.ndarray, n_components: int, n_features: int):
-    step = max(1, SUBBLOCK_ELEMENTS // max(n_components * n_features, 1))
-    for start in range(0, len(rows), step):
-        yield rows[start:start + step]
+def _pattern_blocks(x: np.ndarray, mp: MarginalParams, rows: np.ndarray | None = None):
+    """For the ``rows`` of ``x`` (each with a missing and an observed value; default all),
+    grouped by missingness pattern in sub-blocks: ``(sub, m, cond_cov, log_prob, diff)``,
+    with ``sub`` row indices into ``x``, ``m`` the pattern's missing features, ``cond_cov``
+    its Λ_mm⁻¹ and the rest as :func:`conditional_block` gives them."""
+    k, d = mp.means.shape
+    step = max(1, SUBBLOCK_ELEMENTS // max(k * d, 1))
+    missing = np.isnan(x if rows is None else x[rows])
+    for m, group in group_patterns(missing):
+        group = group if rows is None else rows[group]
+        o = np.setdiff1d(np.arange(d), m)
+        cond_cov, logdet_mm = pattern_factors(mp, m)
+        for start in range(0, len(group), step):
+            sub = group[start:start + step]
+            yield (sub, m, cond_cov) + conditional_block(x[sub], o, m, mp, cond_cov,
+                                                          logdet_mm)
 
 
 def conditional_block(xb: np.ndarray, o: np.ndarray, m: np.ndarray, mp: MarginalParams,
@@ -155,13 +167,9 @@ def marginal_log_prob(x: np.ndarray, mp: MarginalParams) -> np.ndarray:
     """log π_k N(x_o | μ_k,o, Σ_k,oo) for rows that each have a missing and an observed
     value, shape (n, K)."""
     x = np.asarray(x, dtype=np.float64)
-    k, d = mp.means.shape
-    out = np.empty((x.shape[0], k))
-    for m, rows in group_patterns(np.isnan(x)):
-        o = np.setdiff1d(np.arange(d), m)
-        cond_cov, logdet_mm = pattern_factors(mp, m)
-        for sub in _subblocks(rows, k, d):
-            out[sub] = conditional_block(x[sub], o, m, mp, cond_cov, logdet_mm)[0].T
+    out = np.empty((x.shape[0], mp.n_components))
+    for sub, _, _, log_prob, _ in _pattern_blocks(x, mp):
+        out[sub] = log_prob.T
     return out
 
 
@@ -169,17 +177,12 @@ def conditional_mean(x: np.ndarray, mp: MarginalParams) -> np.ndarray:
     """Every NaN of rows ``x`` replaced by Σ_k r_k(x_o) E_k[x_m | x_o] (observed values kept;
     a row with nothing observed has nothing to condition on and stays NaN)."""
     x = np.array(x, dtype=np.float64)
-    k, d = mp.means.shape
-    missing, _, partial, _ = split_rows(x)
-    for m, rows in group_patterns(missing[partial]):
-        rows = partial[rows]
-        o = np.setdiff1d(np.arange(d), m)
-        cond_cov, logdet_mm = pattern_factors(mp, m)
-        for sub in _subblocks(rows, k, d):
-            log_prob, diff = conditional_block(x[sub], o, m, mp, cond_cov, logdet_mm)
-            resp, _ = _normalise(log_prob)
-            filled = diff[:, :, m] + mp.means[:, None, m]
-            x[np.ix_(sub, m)] = np.einsum("kb,kbm->bm", resp, filled)
+    _, _, partial, _ = split_rows(x)
+    # Each row is in one block: filling a block's rows leaves the later blocks' as read.
+    for sub, m, _, log_prob, diff in _pattern_blocks(x, mp, partial):
+        resp, _ = _normalise(log_prob)
+        filled = diff[:, :, m] + mp.means[:, None, m]
+        x[np.ix_(sub, m)] = np.einsum("kb,kbm->bm", resp, filled)
     return x
 
 
@@ -200,42 +203,37 @@ def marginal_stats(x: np.ndarray, w: np.ndarray | None, mp: MarginalParams, shif
     objective = 0.0
     weight_sum = 0.0
     centred = mp.means - shift
-    for m, rows in group_patterns(np.isnan(x)):
-        o = np.setdiff1d(np.arange(d), m)
-        cond_cov, logdet_mm = pattern_factors(mp, m)
-        for sub in _subblocks(rows, k, d):
-            b = len(sub)
-            log_prob, diff = conditional_block(x[sub], o, m, mp, cond_cov, logdet_mm)
-            resp, lse = _normalise(log_prob)
-            if hard:
-                labels = np.argmax(log_prob, axis=0)
-                per_row = log_prob[labels, np.arange(b)]
-                resp = np.zeros_like(resp)
-                resp[labels, np.arange(b)] = 1.0
-            else:
-                per_row = lse
-            if w is None:
-                objective += float(per_row.sum())
-                weight_sum += float(b)
-            else:
-                wb = np.asarray(w[sub], dtype=np.float64)
-                resp = resp * wb
-                objective += float(per_row @ wb)
-                weight_sum += float(wb.sum())
-            z = diff + centred[:, None, :]  # x̂ − s
-            mass = resp.sum(axis=1)
-            nk += mass
-            s1 += np.einsum("kb,kbd->kd", resp, z)
-            if dense is not None:
-                dense += np.swapaxes(z * resp[:, :, None], 1, 2) @ z
-                dense[:, m[:, None], m[None, :]] += mass[:, None, None] * cond_cov
-            elif squares is not None:
-                squares += np.einsum("kb,kbd->kd", resp, z * z)
-                squares[:, m] += mass[:, None] * np.diagonal(cond_cov, axis1=1, axis2=2)
+    for sub, m, cond_cov, log_prob, diff in _pattern_blocks(x, mp):
+        b = len(sub)
+        resp, lse = _normalise(log_prob)
+        if hard:
+            labels = np.argmax(log_prob, axis=0)
+            per_row = log_prob[labels, np.arange(b)]
+            resp = np.zeros_like(resp)
+            resp[labels, np.arange(b)] = 1.0
+        else:
+            per_row = lse
+        if w is None:
+            objective += float(per_row.sum())
+            weight_sum += float(b)
+        else:
+            wb = np.asarray(w[sub], dtype=np.float64)
+            resp = resp * wb
+            objective += float(per_row @ wb)
+            weight_sum += float(wb.sum())
+        z = diff + centred[:, None, :]  # x̂ − s
+        mass = resp.sum(axis=1)
+        nk += mass
+        s1 += np.einsum("kb,kbd->kd", resp, z)
+        if dense is not None:
+            dense += np.swapaxes(z * resp[:, :, None], 1, 2) @ z
+            dense[:, m[:, None], m[None, :]] += mass[:, None, None] * cond_cov
+        elif squares is not None:
+            squares += np.einsum("kb,kbd->kd", resp, z * z)
+            squares[:, m] += mass[:, None] * np.diagonal(cond_cov, axis1=1, axis2=2)
     quad_sums = None
     if dense is not None:
         quad_sums = pack_symmetric(dense)
     elif squares is not None:
         quad_sums = squares if quad == QUAD_SQUARE else squares.sum(axis=1)[:, None]
-    assert quad in (QUAD_OUTER, QUAD_SQUARE, QUAD_NORM)
     return nk, s1, quad_sums, objective, weight_sum
